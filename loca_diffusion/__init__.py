@@ -1,0 +1,25 @@
+"""loca-diffusion: LoCA (Location-aware Cosine Adaptation, ICLR 2025) as a PEFT method.
+
+Importing the package registers the method with peft, so ``get_peft_model(model, LoCAConfig(...))``,
+``PeftModel.from_pretrained`` and diffusers' ``add_adapter`` work with LoCA.
+"""
+
+from .peft_registration import register as _register
+from .schedule import LoCASchedule
+from .tuners.loca import Linear as LoCALinear
+from .tuners.loca import LoCAConfig, LoCALayer, LoCAModel
+from .tuners.loca.ops import delta_weight, dense_delta_weight
+
+_register()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoCAConfig",
+    "LoCAModel",
+    "LoCALayer",
+    "LoCALinear",
+    "LoCASchedule",
+    "delta_weight",
+    "dense_delta_weight",
+]

@@ -1,0 +1,1 @@
+"""PEFT tuners defined by this package (one sub-package per method, laid out like ``peft.tuners``)."""

@@ -1,0 +1,380 @@
+"""LoCA layers: the per-adapter state and forward of an adapted linear layer."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from transformers.pytorch_utils import Conv1D
+
+from ...dct import working_dtype
+from .ops import (
+    AdapterCall,
+    choose_strategy,
+    delta_weight,
+    effective_weight,
+    indices_to_locations,
+    locations_to_indices,
+    loca_linear,
+)
+
+
+class LoCALayer(BaseTunerLayer):
+    """State of the LoCA adapters of one layer, by adapter name.
+
+    * ``loca_coefficients[name]``: float32 ``nn.Parameter`` of shape ``[B]``;
+    * ``loca_locations[name]``: float32 ``nn.Parameter`` of shape ``[2, B]`` holding the continuous
+      ``(row, col)`` locations scaled to ``[0, 1]`` while they are learned;
+    * ``loca_fixed_locations[name]``: integer buffer ``[2, B]``, present once the locations are frozen
+      (after :meth:`freeze_locations`, or for adapters loaded for inference). It then wins over the
+      continuous parameter, which may stay registered so that DDP keeps receiving (zero) gradients.
+    """
+
+    adapter_layer_names = ("loca_coefficients", "loca_locations")
+    other_param_names = (
+        "loca_fixed_locations",
+        "loca_n_frequency",
+        "loca_scaling",
+        "loca_location_grad",
+        "loca_multiplier",
+        "loca_learn_locations",
+    )
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.loca_coefficients = nn.ParameterDict({})
+        self.loca_locations = nn.ParameterDict({})
+        self.loca_fixed_locations = BufferDict({}, persistent=True)
+        self.loca_n_frequency: dict[str, int] = {}
+        self.loca_scaling: dict[str, float] = {}
+        self.loca_location_grad: dict[str, str] = {}
+        self.loca_multiplier: dict[str, float] = {}
+        # whether the current step wants location gradients (the schedule turns it off in coefficient
+        # phases, which skips their computation)
+        self.loca_learn_locations: dict[str, bool] = {}
+        self.loca_strategy = "auto"
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._weight_cache: Optional[tuple[tuple, torch.Tensor]] = None
+        self.kwargs = kwargs
+
+        base = self.get_base_layer()
+        if isinstance(base, nn.Linear):
+            in_features, out_features = base.in_features, base.out_features
+        elif isinstance(base, Conv1D):
+            in_features, out_features = base.weight.shape
+        else:
+            raise TypeError(f"LoCA supports nn.Linear and transformers Conv1D layers, got {type(base).__name__}")
+        self.in_features, self.out_features = in_features, out_features
+
+    # ------------------------------------------------------------------ adapter state
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        n_frequency: int,
+        scaling: float,
+        location_grad: str,
+        random_loc_seed: int,
+        init_weights: bool,
+        inference_mode: bool = False,
+        layer_name: str = "",
+        **kwargs,
+    ) -> None:
+        d_out, d_in = self.out_features, self.in_features
+        where = f"layer '{layer_name}' ({d_out}x{d_in})" if layer_name else f"a {d_out}x{d_in} layer"
+        if isinstance(n_frequency, bool) or not isinstance(n_frequency, int) or n_frequency < 1:
+            raise ValueError(f"n_frequency must be an integer >= 1 for {where}, got {n_frequency!r}")
+        if n_frequency > d_out * d_in:
+            raise ValueError(
+                f"n_frequency={n_frequency} exceeds the {d_out * d_in} entries of {where}; "
+                "lower it or override it for this layer with n_frequency_pattern"
+            )
+        generator = torch.Generator().manual_seed(int(random_loc_seed))
+        flat = torch.randperm(d_out * d_in, generator=generator)[:n_frequency]
+        indices = torch.stack([flat // d_in, flat % d_in])
+        if init_weights:
+            coefficients = torch.zeros(n_frequency)
+        else:
+            coefficients = torch.randn(n_frequency, generator=generator) * 0.1
+        device = self.get_base_layer().weight.device
+        self.loca_coefficients[adapter_name] = nn.Parameter(coefficients.to(device))
+        if inference_mode:
+            self.loca_fixed_locations[adapter_name] = indices.to(device)
+        else:
+            self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
+        self.loca_n_frequency[adapter_name] = n_frequency
+        self.loca_scaling[adapter_name] = float(scaling)
+        self.loca_location_grad[adapter_name] = location_grad
+        self.loca_multiplier[adapter_name] = 1.0
+        self.loca_learn_locations[adapter_name] = True
+        self._weight_cache = None
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        # Device only: coefficients and locations stay float32 (locations in [0, 1] need the precision)
+        # and the location buffers stay integer, whatever the base layer's dtype.
+        target = device if device is not None else self.get_base_layer().weight.device
+        for container in (self.loca_coefficients, self.loca_locations, self.loca_fixed_locations):
+            if adapter_name in container and container[adapter_name].device != target:
+                if container[adapter_name].device.type == "meta":
+                    continue
+                container[adapter_name] = container[adapter_name].to(target)
+
+    def get_locations(self, adapter_name: str) -> torch.Tensor:
+        """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses."""
+        if adapter_name in self.loca_fixed_locations:
+            return self.loca_fixed_locations[adapter_name]
+        return locations_to_indices(self.loca_locations[adapter_name], self.out_features, self.in_features)
+
+    def locations_frozen(self, adapter_name: str) -> bool:
+        return adapter_name in self.loca_fixed_locations
+
+    def freeze_locations(self, adapter_name: str, drop_parameter: bool = False) -> None:
+        """Freeze the locations at their current rounded values, stored as integers from now on.
+
+        ``drop_parameter=True`` also removes the continuous parameter. Leave it False while a
+        DistributedDataParallel wrapper holds the model: DDP expects every registered parameter to
+        keep receiving gradients (the frozen one receives zeros).
+        """
+        if adapter_name not in self.loca_fixed_locations:
+            self.loca_fixed_locations[adapter_name] = self.get_locations(adapter_name).clone()
+        if drop_parameter and adapter_name in self.loca_locations:
+            del self.loca_locations[adapter_name]
+        self._weight_cache = None
+
+    def unfreeze_locations(self, adapter_name: str) -> None:
+        """Make frozen locations learnable again, starting from the frozen integers."""
+        if adapter_name not in self.loca_fixed_locations:
+            return
+        indices = self.loca_fixed_locations[adapter_name]
+        points = indices_to_locations(indices, self.out_features, self.in_features)
+        if adapter_name in self.loca_locations:
+            with torch.no_grad():
+                self.loca_locations[adapter_name].copy_(points)
+        else:
+            self.loca_locations[adapter_name] = nn.Parameter(points)
+            self.loca_locations[adapter_name].requires_grad_(adapter_name in self.active_adapters)
+        del self.loca_fixed_locations[adapter_name]
+        self._weight_cache = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint of a model whose locations were frozen holds `loca_fixed_locations.<name>`;
+        # create the buffer first so that the frozen state comes back with it.
+        key_prefix = f"{prefix}loca_fixed_locations."
+        for key, value in state_dict.items():
+            if key.startswith(key_prefix):
+                name = key[len(key_prefix) :]
+                if name in self.loca_coefficients and name not in self.loca_fixed_locations:
+                    self.loca_fixed_locations[name] = torch.zeros_like(value, device=self.loca_coefficients[name].device)
+        self._weight_cache = None
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _scale(self, adapter_name: str) -> float:
+        return self.loca_scaling[adapter_name] * self.loca_multiplier[adapter_name]
+
+    # ------------------------------------------------------------------ scales (diffusers' set_adapters / lora scale)
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        if adapter in self.loca_multiplier:
+            self.loca_multiplier[adapter] = float(scale)
+            self._weight_cache = None
+
+    def scale_layer(self, scale: float) -> None:
+        if scale == 1:
+            return
+        for adapter in self.active_adapters:
+            if adapter in self.loca_multiplier:
+                self.loca_multiplier[adapter] *= scale
+        self._weight_cache = None
+
+    def unscale_layer(self, scale: Optional[float] = None) -> None:
+        for adapter in self.active_adapters:
+            if adapter not in self.loca_multiplier:
+                continue
+            if scale is None:
+                self.loca_multiplier[adapter] = 1.0
+            else:
+                self.loca_multiplier[adapter] /= scale
+        self._weight_cache = None
+
+
+class Linear(nn.Module, LoCALayer):
+    """LoCA adapter around an ``nn.Linear`` (or a transformers ``Conv1D`` with ``fan_in_fan_out=True``)."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        n_frequency: int = 1000,
+        scaling: float = 1.0,
+        location_grad: str = "central",
+        random_loc_seed: int = 777,
+        init_weights: bool = True,
+        fan_in_fan_out: bool = False,
+        strategy: str = "auto",
+        layer_name: str = "",
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        LoCALayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = fan_in_fan_out
+        self.loca_strategy = strategy
+        self._active_adapter = adapter_name
+        self.update_layer(
+            adapter_name,
+            n_frequency,
+            scaling,
+            location_grad,
+            random_loc_seed,
+            init_weights,
+            inference_mode=kwargs.get("inference_mode", False),
+            layer_name=layer_name,
+        )
+
+    # ------------------------------------------------------------------ delta weights and merging
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """``dW`` of one adapter in the base weight's dtype and storage layout (``(d_out, d_in)`` for
+        ``nn.Linear``, transposed for ``Conv1D``), so that ``weight + get_delta_weight(name)`` is the
+        merged weight."""
+        weight = self.get_base_layer().weight
+        delta = delta_weight(
+            self.loca_coefficients[adapter],
+            self.get_locations(adapter),
+            self.out_features,
+            self.in_features,
+            self._scale(adapter),
+        )
+        if self.fan_in_fan_out:
+            delta = delta.T
+        return delta.to(weight.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.loca_coefficients:
+                continue
+            delta = self.get_delta_weight(name)
+            if safe_merge:
+                merged = base.weight.data.float() + delta.float()
+                if not torch.isfinite(merged).all():
+                    raise ValueError(
+                        f"NaNs or Infs in the merged weights of LoCA adapter '{name}' "
+                        f"({self.out_features}x{self.in_features} layer); the adapter seems broken"
+                    )
+                base.weight.data = merged.to(base.weight.dtype)
+            else:
+                base.weight.data += delta
+            self.merged_adapters.append(name)
+        self._weight_cache = None
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.loca_coefficients:
+                base.weight.data -= self.get_delta_weight(name)
+        self._weight_cache = None
+
+    # ------------------------------------------------------------------ forward
+
+    def _active(self) -> list[str]:
+        return [a for a in self.active_adapters if a in self.loca_coefficients]
+
+    def _frozen_weight(self, active: list[str]) -> torch.Tensor:
+        """``W + sum dW`` for inference, cached until an adapter tensor, a scale or the weight changes."""
+        weight = self.get_base_layer().weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        for name in active:
+            coef = self.loca_coefficients[name]
+            loc = self.loca_fixed_locations[name] if name in self.loca_fixed_locations else self.loca_locations[name]
+            key += (name, coef.data_ptr(), coef._version, loc.data_ptr(), loc._version, self._scale(name))
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            with torch.no_grad():
+                w_eff = effective_weight(
+                    weight,
+                    self.fan_in_fan_out,
+                    [self.loca_coefficients[n] for n in active],
+                    [self.get_locations(n) for n in active],
+                    [AdapterCall(self._scale(n), None) for n in active],
+                    self.out_features,
+                    self.in_features,
+                )
+            self._weight_cache = (key, w_eff)
+        return self._weight_cache[1]
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = self._active()
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        if self.training:
+            self._weight_cache = None  # training changes the adapter every step; free the copy
+
+        base = self.get_base_layer()
+        coefficients = [self.loca_coefficients[n] for n in active]
+        # a registered location parameter stays in the graph even when frozen: it then receives zero
+        # gradients, which keeps DistributedDataParallel's bookkeeping intact
+        locations = [
+            self.loca_locations[n] if (n in self.loca_locations and self.loca_locations[n].requires_grad) else None
+            for n in active
+        ]
+        grad_wanted = torch.is_grad_enabled() and (
+            x.requires_grad
+            or base.weight.requires_grad
+            or any(c.requires_grad for c in coefficients)
+            or any(loc is not None for loc in locations)
+        )
+        if not grad_wanted and not self.training:
+            weight = self._frozen_weight(active)
+            bias = None if base.bias is None else base.bias.to(x.dtype)
+            return F.linear(x, weight.to(x.dtype), bias)
+
+        calls, n_points = [], 0
+        for name, loc in zip(active, locations):
+            learn = loc is not None and name not in self.loca_fixed_locations and self.loca_learn_locations[name]
+            calls.append(AdapterCall(self._scale(name), self.loca_location_grad[name] if learn else None))
+            n_points += self.loca_n_frequency[name] * (5 if learn else 1)
+        strategy = self.loca_strategy
+        if strategy == "auto":
+            tokens = x.numel() // max(x.shape[-1], 1)
+            strategy = choose_strategy(
+                x.device.type,
+                self.out_features,
+                self.in_features,
+                tokens,
+                sum(self.loca_n_frequency[n] for n in active),
+                n_points,
+                grad_wanted,
+            )
+        return loca_linear(
+            x,
+            base.weight,
+            base.bias,
+            self.fan_in_fan_out,
+            strategy,
+            calls,
+            coefficients,
+            locations,
+            [self.get_locations(n) for n in active],
+        )
+
+    def __repr__(self) -> str:
+        return "loca." + super().__repr__()

@@ -1,0 +1,187 @@
+"""The LoCA tuner: injects LoCA layers into a model and defines how adapters are saved and loaded."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+import torch.nn as nn
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft.utils.other import get_pattern_key
+from transformers.pytorch_utils import Conv1D
+
+from .config import LoCAConfig
+from .layer import Linear, LoCALayer
+from .ops import indices_to_locations
+
+_PEFT_PREFIX = "base_model.model."
+
+
+class LoCAModel(BaseTuner):
+    """Creates a LoCA model from a pretrained model (use through ``peft.get_peft_model`` and friends).
+
+    Saved adapters hold, per adapted layer, ``<module>.loca_coefficients`` (float32 ``[B]``) and
+    ``<module>.loca_locations`` (int64 ``[2, B]``: the learned integer ``(row, col)`` locations, never
+    regenerated from a seed).
+    """
+
+    prefix: str = "loca_"
+    tuner_layer_cls = LoCALayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(
+        self, loca_config: LoCAConfig, adapter_name, target, target_name, parent, current_key, **optional_kwargs
+    ):
+        if current_key is None:
+            raise ValueError("Current Key shouldn't be `None`")
+        pattern = get_pattern_key((loca_config.n_frequency_pattern or {}).keys(), current_key)
+        n_frequency = (loca_config.n_frequency_pattern or {}).get(pattern, loca_config.n_frequency)
+        kwargs = {
+            "n_frequency": n_frequency,
+            "scaling": loca_config.scaling,
+            "location_grad": loca_config.location_grad,
+            "random_loc_seed": loca_config.random_loc_seed,
+            "init_weights": loca_config.init_weights,
+            "fan_in_fan_out": loca_config.fan_in_fan_out,
+            "strategy": loca_config.strategy,
+            "inference_mode": loca_config.inference_mode,
+            "layer_name": current_key,
+        }
+        if isinstance(target, LoCALayer):
+            target.update_layer(adapter_name, **kwargs)
+            return
+        new_module = self._create_new_module(loca_config, adapter_name, target, **kwargs)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(loca_config: LoCAConfig, adapter_name, target, **kwargs):
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, nn.Linear):
+            if kwargs["fan_in_fan_out"]:
+                warnings.warn("fan_in_fan_out=True but the target is an nn.Linear; setting it to False.")
+                kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = False
+        elif isinstance(base, Conv1D):
+            if not kwargs["fan_in_fan_out"]:
+                warnings.warn("The target is a transformers Conv1D (weights stored (in, out)); setting fan_in_fan_out=True.")
+                kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = True
+        else:
+            raise ValueError(
+                f"LoCA cannot adapt layer '{kwargs.get('layer_name', '?')}' of type {type(base).__name__}: "
+                "only torch.nn.Linear and transformers Conv1D are supported"
+            )
+        return Linear(target, adapter_name, **kwargs)
+
+    # ------------------------------------------------------------------ saving and loading
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """Save the learned integer locations under ``loca_locations``, whatever their live form."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        for module_name, module in _loca_layers(model):
+            if adapter_name not in module.loca_coefficients:
+                continue
+            for stem in _key_stems(module_name, selected):
+                selected.pop(f"{stem}loca_fixed_locations.{adapter_name}", None)
+                selected[f"{stem}loca_locations.{adapter_name}"] = module.get_locations(adapter_name).detach().clone()
+        return selected
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Check the file against the model, then route the integer locations to the live form."""
+        state_dict = dict(state_dict)
+        layers = {name: module for name, module in _loca_layers(model) if adapter_name in module.loca_coefficients}
+        expected = set()
+        for module_name, module in layers.items():
+            key = _checkpoint_key(state_dict, module_name, "loca_coefficients")
+            loc_key = _checkpoint_key(state_dict, module_name, "loca_locations")
+            if key is None or loc_key is None:
+                missing = "loca_coefficients" if key is None else "loca_locations"
+                raise ValueError(
+                    f"The LoCA adapter weights have no '{missing}' for layer '{_strip(module_name)}': they were "
+                    "made for a different model or target_modules"
+                )
+            expected.update({key, loc_key})
+            n, d_out, d_in = module.loca_n_frequency[adapter_name], module.out_features, module.in_features
+            coefficients = state_dict[key]
+            if tuple(coefficients.shape) != (n,) or not coefficients.is_floating_point():
+                raise ValueError(
+                    f"LoCA adapter weights for layer '{_strip(module_name)}': coefficients have shape "
+                    f"{tuple(coefficients.shape)} ({coefficients.dtype}) but this model expects ({n},) floats "
+                    f"(n_frequency={n}); the file was made for another model or config"
+                )
+            locations = state_dict.pop(loc_key)
+            _check_locations(locations, n, d_out, d_in, _strip(module_name))
+            model_stem = _model_stem(model, module_name)
+            if adapter_name in module.loca_fixed_locations:
+                state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = locations.long()
+            if adapter_name in module.loca_locations:
+                points = indices_to_locations(locations.long(), d_out, d_in)
+                state_dict[f"{model_stem}loca_locations.{adapter_name}"] = points
+        unknown = [
+            k for k in state_dict if ".loca_" in k and k not in expected and not _is_model_key(model, k, adapter_name)
+        ]
+        if unknown:
+            raise ValueError(
+                f"The LoCA adapter weights hold {len(unknown)} entries for layers this model does not adapt, "
+                f"e.g. '{unknown[0]}': they were made for a different model or target_modules"
+            )
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+
+
+def _loca_layers(model: nn.Module):
+    for name, module in model.named_modules():
+        if isinstance(module, LoCALayer):
+            yield name.removeprefix("_fsdp_wrapped_module."), module
+
+
+def _strip(module_name: str) -> str:
+    return module_name.removeprefix(_PEFT_PREFIX)
+
+
+def _key_stems(module_name: str, state_dict) -> list[str]:
+    """Key prefixes under which ``module_name``'s entries may appear (with or without the PEFT prefix)."""
+    stems = []
+    for stem in (f"{module_name}.", f"{_PEFT_PREFIX}{_strip(module_name)}.", f"{_strip(module_name)}."):
+        if stem not in stems and any(k.startswith(stem + "loca_") for k in state_dict):
+            stems.append(stem)
+    return stems or [f"{module_name}."]
+
+
+def _checkpoint_key(state_dict, module_name: str, attribute: str):
+    for stem in (f"{_PEFT_PREFIX}{_strip(module_name)}.", f"{_strip(module_name)}.", f"{module_name}."):
+        if f"{stem}{attribute}" in state_dict:
+            return f"{stem}{attribute}"
+    return None
+
+
+def _model_stem(model: nn.Module, module_name: str) -> str:
+    return f"{module_name}."
+
+
+def _is_model_key(model: nn.Module, key: str, adapter_name: str) -> bool:
+    return key.endswith(f".{adapter_name}")
+
+
+def _check_locations(locations: torch.Tensor, n: int, d_out: int, d_in: int, layer: str) -> None:
+    if tuple(locations.shape) != (2, n):
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': locations have shape {tuple(locations.shape)}, "
+            f"expected (2, {n})"
+        )
+    if locations.is_floating_point():
+        if not torch.isfinite(locations).all() or not torch.equal(locations, locations.round()):
+            raise ValueError(
+                f"LoCA adapter weights for layer '{layer}': locations must be integers, got non-integer values"
+            )
+    elif locations.dtype in (torch.bool,) or locations.is_complex():
+        raise ValueError(f"LoCA adapter weights for layer '{layer}': locations have dtype {locations.dtype}")
+    rows, cols = locations[0].long(), locations[1].long()
+    if n and (rows.min() < 0 or rows.max() >= d_out or cols.min() < 0 or cols.max() >= d_in):
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': locations out of range for a {d_out}x{d_in} weight "
+            f"(rows {int(rows.min())}..{int(rows.max())}, cols {int(cols.min())}..{int(cols.max())})"
+        )
