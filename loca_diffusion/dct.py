@@ -216,16 +216,14 @@ def idct_sparse_columns(values: torch.Tensor, columns: torch.Tensor, n: int) -> 
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     # column k feeds bin k (k < h) with e^{i theta_k} / s_k and bin n - k (0 < n - k < h) with
     # -i e^{i theta_{n-k}} / s_k; these weights are the inverse tables read at those bins
+    # Fixed shapes and zero weights instead of boolean masks: no host synchronisation on GPUs.
     spectrum = torch.zeros(*lead, h, dtype=complex_dtype, device=values.device)
-    direct = columns < h
-    if bool(direct.any()):
-        k = columns[direct]
-        weight = torch.complex(t["i_p"][k], t["i_q"][k])
-        spectrum.index_add_(-1, k, values[..., direct].to(complex_dtype) * weight)
-    mirrored = (columns > 0) & (n - columns < h)
-    if bool(mirrored.any()):
-        k = n - columns[mirrored]  # the bin, 1 <= k < h
-        weight = torch.complex(t["i_r"][k - 1], t["i_u"][k - 1])
-        spectrum.index_add_(-1, k, values[..., mirrored].to(complex_dtype) * weight)
+    values = values.to(complex_dtype)
+    direct_bin = columns.clamp(max=h - 1)
+    direct_weight = torch.complex(t["i_p"][direct_bin], t["i_q"][direct_bin]) * (columns < h)
+    spectrum.index_add_(-1, direct_bin, values * direct_weight)
+    mirror_bin = (n - columns).clamp(min=1, max=h - 1)
+    mirror_weight = torch.complex(t["i_r"][mirror_bin - 1], t["i_u"][mirror_bin - 1]) * ((columns > 0) & (n - columns < h))
+    spectrum.index_add_(-1, mirror_bin, values * mirror_weight)
     v = torch.fft.irfft(spectrum, n=n, dim=-1)
     return v.index_select(-1, t["inv_perm"])

@@ -117,13 +117,14 @@ class LoCASchedule:
         location_lr: Optional[float] = None,
         other_parameters: Iterable[nn.Parameter] = (),
     ) -> list[dict[str, Any]]:
-        """Optimizer groups: coefficients (and ``other_parameters``, e.g. modules_to_save) with ``lr`` and
-        ``weight_decay``; locations with their own learning rate and no weight decay."""
+        """Optimizer groups: coefficients with ``lr`` and ``weight_decay``; locations with their own learning
+        rate and no weight decay. ``other_parameters`` (e.g. ``model.parameters()`` for modules_to_save) join
+        the first group; LoCA tensors and frozen parameters among them are skipped."""
         coefficients = [p for p in self.coefficient_parameters() if p.requires_grad]
-        coefficient_ids = {id(p) for p in coefficients}
-        others = [p for p in other_parameters if p.requires_grad and id(p) not in coefficient_ids]
-        groups = [{"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}]
         locations = [p for p in self.location_parameters() if p.requires_grad]
+        taken = {id(p) for p in coefficients + locations}
+        others = [p for p in other_parameters if p.requires_grad and id(p) not in taken]
+        groups = [{"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}]
         if locations:
             groups.append(
                 {
