@@ -169,3 +169,21 @@ def test_resume_after_freeze_restores_frozen_locations(tmp_path):
         if isinstance(m, LoCALayer):
             assert m.locations_frozen("default")
             torch.testing.assert_close(m.get_locations("default"), frozen[n])
+
+
+def test_eval_cache_is_refreshed_by_mode_switch_after_data_edits():
+    model = make()
+    x = DATA[0]
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        for name, p in model.named_parameters():
+            if "loca_coefficients" in name:
+                p.data.copy_(p.data * 3)  # like an EMA copy_to: bypasses version counters
+        model.eval()
+        after = model(x)
+    model.train()
+    with torch.no_grad():
+        reference = model(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference)

@@ -163,7 +163,7 @@ class LoCALayer(BaseTunerLayer):
         del self.loca_fixed_locations[adapter_name]
         self._weight_cache = None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _create_frozen_buffers_for_load(self, state_dict, prefix) -> None:
         # A checkpoint of a model whose locations were frozen holds `loca_fixed_locations.<name>`;
         # create the buffer first so that the frozen state comes back with it.
         key_prefix = f"{prefix}loca_fixed_locations."
@@ -173,7 +173,6 @@ class LoCALayer(BaseTunerLayer):
                 if name in self.loca_coefficients and name not in self.loca_fixed_locations:
                     self.loca_fixed_locations[name] = torch.zeros_like(value, device=self.loca_coefficients[name].device)
         self._weight_cache = None
-        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _scale(self, adapter_name: str) -> float:
         return self.loca_scaling[adapter_name] * self.loca_multiplier[adapter_name]
@@ -237,6 +236,33 @@ class Linear(nn.Module, LoCALayer):
             layer_name=layer_name,
         )
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # defined here, not on the mixin: nn.Module precedes LoCALayer in this class's MRO
+        self._create_frozen_buffers_for_load(state_dict, prefix)
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        # The inference cache tracks tensor version counters, which writes through `.data` (e.g. an EMA
+        # `copy_to`) bypass; switching modes always starts from a fresh cache.
+        self._weight_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` / `.half()` after injection would cast the [0, 1]-scaled locations
+        # too, and half precision cannot represent i / (d - 1) for real layer sizes: the rounded
+        # locations would silently move. Keep them float32; device moves still apply.
+        if not recurse:
+            return super()._apply(fn, recurse=False)
+
+        def keep_dtype(t):
+            moved = fn(t)
+            return moved if moved.dtype == t.dtype else t.to(device=moved.device)
+
+        for child in self.children():
+            child._apply(keep_dtype if child is self.loca_locations else fn)
+        self._weight_cache = None
+        return super()._apply(fn, recurse=False)
+
     # ------------------------------------------------------------------ delta weights and merging
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
@@ -294,7 +320,11 @@ class Linear(nn.Module, LoCALayer):
         return [a for a in self.active_adapters if a in self.loca_coefficients]
 
     def _frozen_weight(self, active: list[str]) -> torch.Tensor:
-        """``W + sum dW`` for inference, cached until an adapter tensor, a scale or the weight changes."""
+        """``W + sum dW`` for inference, cached until an adapter tensor, a scale or the weight changes.
+
+        Changes are detected through version counters; after editing tensors through ``.data`` call
+        ``model.eval()`` (or ``train()``) again, which clears the cache.
+        """
         weight = self.get_base_layer().weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         for name in active:

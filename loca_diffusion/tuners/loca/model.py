@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -22,9 +23,10 @@ _PEFT_PREFIX = "base_model.model."
 class LoCAModel(BaseTuner):
     """Creates a LoCA model from a pretrained model (use through ``peft.get_peft_model`` and friends).
 
-    Saved adapters hold, per adapted layer, ``<module>.loca_coefficients`` (float32 ``[B]``) and
+    Saved adapters hold, per adapted layer, ``<module>.loca_coefficients`` (float32 ``[B]``),
     ``<module>.loca_locations`` (int64 ``[2, B]``: the learned integer ``(row, col)`` locations, never
-    regenerated from a seed).
+    regenerated from a seed) and ``<module>.loca_shape`` (int64 ``[2]``: ``(d_out, d_in)``, checked on
+    load; optional in files).
     """
 
     prefix: str = "loca_"
@@ -57,6 +59,25 @@ class LoCAModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # BaseTuner's version copies `.weight` onto every unloaded module, which breaks unloading a
+        # modules_to_save wrapper around a module without one (e.g. RoBERTa's classification head);
+        # LoCA layers are created on their base layer's device, so placement is all that is left.
+        setattr(parent, child_name, new_module)
+        if isinstance(new_module, LoCALayer):
+            for name in new_module.loca_coefficients:
+                new_module._move_adapter_to_device_of_base_layer(name)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel.forward drops `adapter_names` before calling the model: without this check a
+        # mixed-adapter batch would silently run every sample through the active adapter(s).
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                "LoCA does not support mixed adapter batches (`adapter_names`); use `set_adapter` instead"
+            )
+        yield
+
     @staticmethod
     def _create_new_module(loca_config: LoCAConfig, adapter_name, target, **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
@@ -84,9 +105,12 @@ class LoCAModel(BaseTuner):
         for module_name, module in _loca_layers(model):
             if adapter_name not in module.loca_coefficients:
                 continue
+            shape = torch.tensor([module.out_features, module.in_features], dtype=torch.int64)
             for stem in _key_stems(module_name, selected):
                 selected.pop(f"{stem}loca_fixed_locations.{adapter_name}", None)
                 selected[f"{stem}loca_locations.{adapter_name}"] = module.get_locations(adapter_name).detach().clone()
+                # the layer size: coefficients and locations alone fit any layer at least as large
+                selected[f"{stem}loca_shape.{adapter_name}"] = shape.clone()
         return selected
 
     @classmethod
@@ -106,6 +130,15 @@ class LoCAModel(BaseTuner):
                 )
             expected.update({key, loc_key})
             n, d_out, d_in = module.loca_n_frequency[adapter_name], module.out_features, module.in_features
+            shape_key = _checkpoint_key(state_dict, module_name, "loca_shape")
+            if shape_key is not None:  # absent from files written before it was saved
+                shape = tuple(int(v) for v in state_dict.pop(shape_key).flatten().tolist())
+                if shape != (d_out, d_in):
+                    raise ValueError(
+                        f"LoCA adapter weights for layer '{_strip(module_name)}' were made for a "
+                        f"{'x'.join(map(str, shape))} weight but this model's layer is {d_out}x{d_in}; "
+                        "the file was made for another model"
+                    )
             coefficients = state_dict[key]
             if tuple(coefficients.shape) != (n,) or not coefficients.is_floating_point():
                 raise ValueError(
