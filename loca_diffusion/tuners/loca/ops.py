@@ -57,14 +57,15 @@ def delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, 
     """``scale * C_out^T S C_in`` in float32, shape ``(d_out, d_in)``; coincident locations add up.
 
     Built as ``(C_out^T S) C_in``: the left factor is a scatter of ``B`` scaled DCT rows (``B * d_out``
-    work) and the right one a single fast inverse DCT pass; with more coefficients than columns a dense
-    ``S`` and a fast 2-D inverse DCT are cheaper.
+    work) and the right one a single fast inverse DCT pass. A pass costs about eight elementwise sweeps
+    of the matrix, so only beyond ~3 coefficients per column do a dense ``S`` and a fast 2-D inverse
+    DCT (two passes) win.
     """
     device = coefficients.device
     dtype = working_dtype(coefficients.dtype)
     values = coefficients.detach().to(dtype) * scale
     rows, cols = indices[0], indices[1]
-    if values.numel() >= d_in:
+    if values.numel() >= 3 * d_in:
         spectrum = torch.zeros(d_out, d_in, device=device, dtype=dtype)
         spectrum.index_put_((rows, cols), values, accumulate=True)
         return idct2(spectrum)

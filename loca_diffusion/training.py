@@ -1,0 +1,290 @@
+"""Reusable pieces of the adapter training scripts (``train/``): adapter configs with matched budgets,
+accelerate checkpoint hooks, conditioning dropout, location pictures and the model card."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from .tuners.loca.config import LoCAConfig
+from .tuners.loca.layer import LoCALayer
+
+ADAPTERS = ("loca", "fourierft", "lora")
+UNET_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# adapter configs
+
+
+def _targeted_linears(model: nn.Module, target_modules: list[str]) -> list[nn.Linear]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+            found.append(module)
+    if not found:
+        raise ValueError(f"No nn.Linear module of the model matches target_modules={target_modules}")
+    return found
+
+
+def build_adapter_config(
+    adapter: str,
+    model: nn.Module,
+    target_modules: list[str],
+    n_frequency: int = 1000,
+    scaling: float = 1.0,
+    lora_rank: Optional[int] = None,
+    lora_alpha: Optional[float] = None,
+    fourierft_scaling: float = 64.0,
+    match_budget: bool = False,
+    **loca_kwargs,
+):
+    """The peft config of ``adapter`` (``loca``, ``fourierft`` or ``lora``) on ``target_modules``.
+
+    ``match_budget=True`` gives the baselines LoCA's trainable-parameter count (``n_frequency`` per
+    layer; locations are not counted once frozen, as in the paper): FourierFT gets the same
+    ``n_frequency``; LoRA the rank whose ``r * (d_in + d_out)`` summed over the layers is closest.
+    """
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+    from peft import FourierFTConfig, LoraConfig
+
+    if adapter == "loca":
+        return LoCAConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=scaling, **loca_kwargs)
+    if adapter == "fourierft":
+        return FourierFTConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=fourierft_scaling)
+    if match_budget:
+        layers = _targeted_linears(model, target_modules)
+        budget = n_frequency * len(layers)
+        per_rank = sum(layer.in_features + layer.out_features for layer in layers)
+        lora_rank = max(1, round(budget / per_rank))
+    rank = lora_rank or 4
+    return LoraConfig(
+        r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank, target_modules=target_modules, init_lora_weights="gaussian"
+    )
+
+
+def trainable_parameter_count(model: nn.Module, count_loca_locations: bool = False) -> int:
+    """Trainable parameters; LoCA locations are left out (they are frozen integers after T_s)."""
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and (count_loca_locations or "loca_locations" not in name)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# InstructPix2Pix conditioning dropout
+
+
+def conditioning_dropout(
+    encoder_hidden_states: torch.Tensor,
+    original_image_latents: torch.Tensor,
+    null_conditioning: torch.Tensor,
+    probability: float,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the text only, the image only, or both, each with ``probability`` (InstructPix2Pix's
+    classifier-free guidance training): with ``u ~ U(0, 1)`` per example, text is dropped for
+    ``u < 2p``, the image for ``p <= u < 3p``; both therefore for ``p <= u < 2p``."""
+    if probability <= 0:
+        return encoder_hidden_states, original_image_latents
+    batch = encoder_hidden_states.shape[0]
+    u = torch.rand(batch, device="cpu", generator=generator).to(encoder_hidden_states.device)
+    drop_text = (u < 2 * probability).view(batch, 1, 1)
+    encoder_hidden_states = torch.where(drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states)
+    keep_image = 1 - ((u >= probability) & (u < 3 * probability)).to(original_image_latents.dtype)
+    return encoder_hidden_states, original_image_latents * keep_image.view(batch, 1, 1, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# locations: pictures and movement
+
+
+def loca_layers(model: nn.Module) -> list[tuple[str, LoCALayer]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoCALayer)]
+
+
+def location_snapshot(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    return {
+        name: layer.get_locations(adapter_name).detach().cpu().clone()
+        for name, layer in loca_layers(model)
+        if adapter_name in layer.loca_coefficients
+    }
+
+
+def count_moved_locations(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
+    """How many coefficients sit at another (row, col) than in ``before``."""
+    return int(sum((before[k] != after[k]).any(dim=0).sum() for k in before if k in after))
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """A perceptually ordered dark-blue -> yellow map (viridis-like anchors), values in [0, 1]."""
+    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+    pos = np.clip(values, 0, 1) * (len(anchors) - 1)
+    low = np.floor(pos).astype(int).clip(0, len(anchors) - 2)
+    frac = (pos - low)[..., None]
+    return (anchors[low] * (1 - frac) + anchors[low + 1] * frac).astype(np.uint8)
+
+
+def location_heatmap(
+    model: nn.Module, adapter_name: str = "default", bins: int = 48, tile: int = 96, columns: int = 8
+) -> Image.Image:
+    """One tile per LoCA layer: where its coefficients sit on the (d_out x d_in) DCT spectrum (low
+    frequencies top-left), binned to ``bins x bins`` and weighted by coefficient magnitude."""
+    layers = [(n, l) for n, l in loca_layers(model) if adapter_name in l.loca_coefficients]
+    if not layers:
+        raise ValueError(f"The model has no LoCA layer with adapter '{adapter_name}'")
+    rows = math.ceil(len(layers) / columns)
+    canvas = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + 4) + 4), (255, 255, 255))
+    for i, (_, layer) in enumerate(layers):
+        loc = layer.get_locations(adapter_name).cpu().numpy()
+        weight = layer.loca_coefficients[adapter_name].detach().abs().float().cpu().numpy() + 1e-12
+        hist, _, _ = np.histogram2d(
+            loc[0] / max(layer.out_features, 1), loc[1] / max(layer.in_features, 1), bins=bins, range=[[0, 1], [0, 1]], weights=weight
+        )
+        hist = np.log1p(hist / max(hist.max(), 1e-12) * 99) / np.log(100)
+        image = Image.fromarray(_colormap(hist)).resize((tile, tile), Image.NEAREST)
+        canvas.paste(image, (4 + (i % columns) * (tile + 4), 4 + (i // columns) * (tile + 4)))
+    return canvas
+
+
+def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
+    """Images (same size) laid out row by row."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB").resize((w, h)), ((i % columns) * w, (i // columns) * h))
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints and the model card
+
+
+ADAPTER_SUBDIR = "adapter"
+LIVE_STATE_FILE = "loca_training_state.safetensors"
+
+
+def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default", live_state: bool = False) -> Path:
+    """Write ``model``'s adapter in the PEFT layout (``adapter_config.json`` + ``adapter_model.safetensors``),
+    which ``pipe.load_loca`` and ``PeftModel.from_pretrained`` read. ``live_state=True`` also writes the
+    LoCA training state (continuous locations, frozen flags) for an exact resume."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(target / "adapter_model.safetensors"))
+    model.peft_config[adapter_name].save_pretrained(str(target))
+    if live_state:
+        live = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if ".loca_" in k}
+        if live:
+            save_file(live, str(target / LIVE_STATE_FILE))
+    return target
+
+
+def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = "default") -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` save and restore the adapter (PEFT layout in
+    ``<checkpoint>/adapter``) instead of the whole UNet. Objects with ``state_dict`` (the LoCA schedule)
+    go through ``accelerator.register_for_checkpointing``."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    def unwrap(model):
+        return accelerator.unwrap_model(model)
+
+    def is_unet(model) -> bool:
+        return unwrap(model) is unwrap(unet)
+
+    def save_hook(models, weights, output_dir):
+        if not accelerator.is_main_process:
+            return
+        for model in models:
+            if is_unet(model):
+                save_adapter(unwrap(model), Path(output_dir) / ADAPTER_SUBDIR, adapter_name, live_state=True)
+        while weights:  # the UNet's full weights are not saved: the base is frozen
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        for _ in range(len(models)):
+            model = models.pop()
+            if not is_unet(model):
+                continue
+            source = Path(input_dir) / ADAPTER_SUBDIR
+            live_file = source / LIVE_STATE_FILE
+            if live_file.is_file():
+                result = unwrap(model).load_state_dict(load_file(live_file), strict=False)
+                if result.unexpected_keys:
+                    raise ValueError(f"{live_file} does not fit the model: {result.unexpected_keys[:3]}")
+            else:
+                set_peft_model_state_dict(unwrap(model), load_file(source / "adapter_model.safetensors"), adapter_name=adapter_name)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def write_model_card(
+    output_dir: str | Path,
+    base_model: str,
+    dataset: str,
+    adapter: str,
+    hyperparameters: dict,
+    trainable_parameters: int,
+    sample_grid: Optional[str] = None,
+    heatmap: Optional[str] = None,
+) -> Path:
+    """``README.md`` of a trained adapter: base, data, hyperparameters, parameter count, pictures."""
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft",
+        "tags: [loca, instruct-pix2pix, diffusers, peft]",
+        "---",
+        "",
+        f"# {adapter.upper()} adapter for InstructPix2Pix",
+        "",
+        f"- Base model: `{base_model}`",
+        f"- Training data: `{dataset}`",
+        f"- Adapter: `{adapter}` on the UNet attention projections",
+        f"- Trainable parameters (LoCA: coefficients only): {trainable_parameters:,}",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import loca_diffusion",
+        "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
+        "",
+        f'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base_model}")',
+        'pipe.load_loca("path/to/this/directory")',
+        "```",
+        "",
+        "## Hyperparameters",
+        "",
+        "```json",
+        json.dumps(hyperparameters, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    if sample_grid:
+        lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
+    if heatmap:
+        lines += ["## Learned frequency locations", "", f"![locations]({heatmap})", ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def adapter_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
