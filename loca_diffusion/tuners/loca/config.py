@@ -40,7 +40,9 @@ class LoCAConfig(PeftConfig):
     location_grad: Literal["central", "forward", "backward"] = field(
         default="central", metadata={"help": "Finite difference for location gradients (forward/backward: ablations)."}
     )
-    random_loc_seed: int = field(default=777, metadata={"help": "Seed of the initial locations."})
+    random_loc_seed: int = field(
+        default=777, metadata={"help": "Seed of the initial locations (combined with each layer's name)."}
+    )
     fan_in_fan_out: bool = field(
         default=False, metadata={"help": "True when the weight is stored (in, out), as in GPT-2's Conv1D."}
     )

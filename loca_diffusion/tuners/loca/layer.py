@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 from typing import Any, Optional
 
 import torch
@@ -95,7 +96,8 @@ class LoCALayer(BaseTunerLayer):
                 f"n_frequency={n_frequency} exceeds the {d_out * d_in} entries of {where}; "
                 "lower it or override it for this layer with n_frequency_pattern"
             )
-        generator = torch.Generator().manual_seed(int(random_loc_seed))
+        # one stream per layer: same-shaped layers would otherwise start at identical locations
+        generator = torch.Generator().manual_seed(int(random_loc_seed) * 1_000_003 + zlib.crc32(layer_name.encode()))
         flat = torch.randperm(d_out * d_in, generator=generator)[:n_frequency]
         indices = torch.stack([flat // d_in, flat % d_in])
         if init_weights:
