@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# only for the CLIP BPE vocabulary of the tiny test pipeline (its torchvision dependency is not wanted)
+	$(BIN)/python -m pip install -q --no-deps "open_clip_torch==3.3.0"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -14,6 +14,27 @@ _register()
 
 __version__ = "0.1.0"
 
+# The diffusers integration is imported on first use (importing diffusers' pipelines is slow).
+_LAZY = {
+    "LoCALoaderMixin": ".loaders",
+    "StableDiffusionInstructPix2PixLoCAPipeline": ".pipelines",
+    "StableDiffusionLoCAPipeline": ".pipelines",
+    "StableDiffusionImg2ImgLoCAPipeline": ".pipelines",
+    "StableDiffusionInpaintLoCAPipeline": ".pipelines",
+    "loca_pipeline_class": ".pipelines",
+    "HubUnavailableError": ".hub",
+    "resolve_local_or_hub": ".hub",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "LoCAConfig",
     "LoCAModel",
@@ -22,4 +43,5 @@ __all__ = [
     "LoCASchedule",
     "delta_weight",
     "dense_delta_weight",
+    *_LAZY,
 ]

@@ -176,6 +176,11 @@ class LoCALayer(BaseTunerLayer):
                     self.loca_fixed_locations[name] = torch.zeros_like(value, device=self.loca_coefficients[name].device)
         self._weight_cache = None
 
+    @property
+    def r(self) -> dict[str, int]:
+        """Coefficients per adapter; diffusers reads ``len(module.r)`` to count adapters (LoRA's name)."""
+        return self.loca_n_frequency
+
     def _scale(self, adapter_name: str) -> float:
         return self.loca_scaling[adapter_name] * self.loca_multiplier[adapter_name]
 
@@ -198,7 +203,7 @@ class LoCALayer(BaseTunerLayer):
         for adapter in self.active_adapters:
             if adapter not in self.loca_multiplier:
                 continue
-            if scale is None:
+            if scale is None or scale == 0:  # 0 cannot be undone by division: reset, as diffusers does
                 self.loca_multiplier[adapter] = 1.0
             else:
                 self.loca_multiplier[adapter] /= scale

@@ -1,0 +1,503 @@
+"""``pipe.load_loca(...)`` and friends on a tiny InstructPix2Pix pipeline (offline, CPU).
+
+Adapters are real PEFT directories: LoCA layers with random coefficients (``init_weights=False``)
+injected into a copy of the pipeline's UNet and saved with ``PeftModel.save_pretrained``. References
+are independent of the loader: the base pipeline's own output, and a UNet whose weights are
+``W + sum_i w_i * dW_i`` with ``dW_i`` rebuilt from the saved file through an explicit DCT-II matrix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+
+import loca_diffusion
+from loca_diffusion import LoCAConfig, LoCALayer
+from loca_diffusion.hub import HubUnavailableError, resolve_local_or_hub
+from loca_diffusion.pipelines import (
+    StableDiffusionInstructPix2PixLoCAPipeline,
+    StableDiffusionLoCAPipeline,
+    loca_pipeline_class,
+)
+from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+PREFIX = "base_model.model."
+
+# diffusers' Euler scheduler builds numpy arrays from torch tensors (numpy 2 copy-keyword notice)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+# ----------------------------------------------------------------------------------------------------
+# fixtures
+
+
+def _make_adapter(unet: nn.Module, directory, seed: int, scaling: float = 1.0) -> str:
+    config = LoCAConfig(
+        init_weights=False, target_modules=TARGETS, n_frequency=16, random_loc_seed=seed, scaling=scaling
+    )
+    get_peft_model(copy.deepcopy(unet), config).save_pretrained(directory)
+    return str(directory)
+
+
+def _other_width_unet() -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(1)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(48, 96),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+class Env:
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, torch_single_thread):
+    root = tmp_path_factory.mktemp("loaders")
+    e = Env()
+    e.root = root
+    e.pipe = build_tiny_instruct_pix2pix(root / "work")
+    e.pipe.set_progress_bar_config(disable=True)
+    e.pipe.unet.eval()  # as from_pretrained leaves it
+    e.image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    e.base_unet = copy.deepcopy(e.pipe.unet)
+    e.base_state = {k: v.clone() for k, v in e.pipe.unet.state_dict().items()}
+    e.base_grads = {k: p.requires_grad for k, p in e.pipe.unet.named_parameters()}
+    e.a = _make_adapter(e.pipe.unet, root / "adapter_a", seed=1, scaling=4.0)
+    e.b = _make_adapter(e.pipe.unet, root / "adapter_b", seed=2, scaling=4.0)
+    e.run = lambda pipe=None: _run(pipe or e.pipe, e.image)
+    e.base = e.run()
+    return e
+
+
+def _run(pipe, image) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return pipe(
+        "turn it red", image=image, num_inference_steps=2, height=32, width=32, output_type="pt", generator=generator
+    ).images
+
+
+@pytest.fixture
+def pipe(env):
+    """The module's pipeline, checked to be the exact base model again after each test."""
+    yield env.pipe
+    env.pipe.unload_loca()
+    if getattr(env.pipe.unet, "peft_config", None):
+        env.pipe.unload_lora_weights()
+    state = env.pipe.unet.state_dict()
+    assert state.keys() == env.base_state.keys()
+    assert all(torch.equal(state[k], env.base_state[k]) for k in state)
+
+
+def _assert_base_restored(env):
+    unet = env.pipe.unet
+    assert not any(isinstance(m, LoCALayer) for m in unet.modules())
+    assert not hasattr(unet, "peft_config") and not unet._hf_peft_config_loaded
+    assert {k: p.requires_grad for k, p in unet.named_parameters()} == env.base_grads
+    assert torch.equal(env.run(), env.base)
+
+
+# ----------------------------------------------------------------------------------------------------
+# an independent reference: W + sum w_i dW_i with an explicit DCT-II matrix
+
+
+def _dct_matrix(n: int) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    c = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c
+
+
+def _reference_unet(env, adapters: list[tuple[str, float]]) -> nn.Module:
+    unet = copy.deepcopy(env.base_unet)
+    for directory, weight in adapters:
+        config = json.loads(open(f"{directory}/adapter_config.json").read())
+        tensors = load_file(f"{directory}/adapter_model.safetensors")
+        layers = {k[len(PREFIX) : -len(".loca_coefficients")] for k in tensors if k.endswith(".loca_coefficients")}
+        assert layers
+        for layer in layers:
+            coefficients = tensors[f"{PREFIX}{layer}.loca_coefficients"].double()
+            rows, cols = tensors[f"{PREFIX}{layer}.loca_locations"].long()
+            linear = unet.get_submodule(layer)
+            d_out, d_in = linear.weight.shape
+            spectrum = torch.zeros(d_out, d_in, dtype=torch.float64)
+            spectrum = spectrum.index_put((rows, cols), coefficients, accumulate=True)
+            delta = config["scaling"] * weight * _dct_matrix(d_out).T @ spectrum @ _dct_matrix(d_in)
+            with torch.no_grad():
+                linear.weight += delta.to(linear.weight.dtype)
+    return unet
+
+
+def _run_with_unet(env, unet) -> torch.Tensor:
+    reference = StableDiffusionInstructPix2PixLoCAPipeline.from_pipe(env.pipe, unet=unet)
+    reference.set_progress_bar_config(disable=True)
+    return env.run(reference)
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading, unloading, fusing, several adapters
+
+
+def test_load_changes_output_and_unload_restores_base_exactly(env, pipe):
+    name = pipe.load_loca(env.a)
+    assert name == "default_0" and pipe.get_loca_adapters() == ["default_0"]
+    assert pipe.get_active_loca_adapters() == ["default_0"]
+    layers = [m for m in pipe.unet.modules() if isinstance(m, LoCALayer)]
+    targets = [n for n, _ in env.base_unet.named_modules() if any(n.endswith("." + t) for t in TARGETS)]
+    assert len(layers) == len(targets) == 4 * 2 * 4  # q/k/v/out x (attn1, attn2) x (down, mid, 2 x up) blocks
+    assert all(not p.requires_grad for m in layers for p in m.loca_coefficients.values())
+    adapted = env.run()
+    assert (adapted - env.base).abs().max() > 1e-3
+    torch.testing.assert_close(adapted, _run_with_unet(env, _reference_unet(env, [(env.a, 1.0)])), atol=1e-5, rtol=0)
+
+    assert pipe.load_loca(env.b) == "default_1"  # diffusers' naming; the new adapter becomes the active one
+    assert pipe.get_active_loca_adapters() == ["default_1"]
+    with pytest.raises(ValueError, match="already loaded"):
+        pipe.load_loca(env.a, adapter_name="default_0")
+
+    pipe.unload_loca()
+    _assert_base_restored(env)
+
+
+def test_fuse_matches_unfused_and_unfuse_restores_exactly(env, pipe):
+    pipe.load_loca(env.a, adapter_name="a")
+    unfused = env.run()
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+    pipe.fuse_loca()
+    assert all(m.merged for m in pipe.unet.modules() if isinstance(m, LoCALayer))
+    torch.testing.assert_close(env.run(), unfused, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unfuse_loca"):
+        pipe.set_loca_adapters("a", 0.5)
+    pipe.unfuse_loca()
+    assert all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+    assert torch.equal(env.run(), unfused)
+
+    # a fuse scale acts like an adapter weight, and does not outlive the fuse
+    pipe.set_loca_adapters("a", 0.5)
+    half = env.run()
+    pipe.set_loca_adapters("a", 1.0)
+    pipe.fuse_loca(scale=0.5)
+    torch.testing.assert_close(env.run(), half, atol=1e-5, rtol=0)
+    pipe.unfuse_loca()
+    assert torch.equal(env.run(), unfused)
+
+    pipe.fuse_loca()
+    pipe.unload_loca()  # unfuses first: the base weights bit for bit
+    _assert_base_restored(env)
+
+
+def test_unload_keep_fused_bakes_the_adapter_in(env, pipe):
+    pipe.load_loca(env.a)
+    adapted = env.run()
+    pipe.fuse_loca()
+    pipe.unload_loca(keep_fused=True)
+    assert not any(isinstance(m, LoCALayer) for m in pipe.unet.modules())
+    torch.testing.assert_close(env.run(), adapted, atol=1e-5, rtol=0)
+    pipe.unet.load_state_dict(env.base_state)  # back to the base for the next tests
+    _assert_base_restored(env)
+
+
+def test_two_adapters_with_weights_match_manual_merge(env, pipe):
+    pipe.load_loca(env.a, adapter_name="a")
+    pipe.load_loca(env.b, adapter_name="b")
+    pipe.set_loca_adapters(["a", "b"], [1.0, 0.5])
+    assert pipe.get_active_loca_adapters() == ["a", "b"]
+    combined = env.run()
+    reference = _run_with_unet(env, _reference_unet(env, [(env.a, 1.0), (env.b, 0.5)]))
+    torch.testing.assert_close(combined, reference, atol=1e-5, rtol=0)
+
+    pipe.fuse_loca()  # both active adapters, at their weights
+    torch.testing.assert_close(env.run(), reference, atol=1e-5, rtol=0)
+    pipe.unfuse_loca()
+    assert torch.equal(env.run(), combined)
+
+    pipe.set_loca_adapters("b")  # only b, weight 1
+    only_b = env.run()
+    torch.testing.assert_close(only_b, _run_with_unet(env, _reference_unet(env, [(env.b, 1.0)])), atol=1e-5, rtol=0)
+    pipe.disable_loca()
+    assert torch.equal(env.run(), env.base)
+    pipe.enable_loca()
+    assert torch.equal(env.run(), only_b)
+    with pytest.raises(ValueError, match="No adapter named"):
+        pipe.set_loca_adapters(["a", "nope"])
+
+    with pytest.warns(UserWarning, match="Adapter b was active"):  # peft's notice: another adapter takes over
+        pipe.delete_loca_adapters("b")
+    assert pipe.get_loca_adapters() == ["a"]
+    pipe.set_loca_adapters("a")
+    torch.testing.assert_close(env.run(), _run_with_unet(env, _reference_unet(env, [(env.a, 1.0)])), atol=1e-5, rtol=0)
+    pipe.delete_loca_adapters("a")
+    _assert_base_restored(env)
+
+
+def test_save_loca_is_the_peft_layout(env, pipe, tmp_path):
+    pipe.load_loca(env.a, adapter_name="mine")
+    pipe.set_loca_adapters("mine", 0.3)  # a runtime weight is not part of the adapter
+    out = pipe.save_loca(tmp_path / "saved")
+    files = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+
+    original, saved = load_file(f"{env.a}/adapter_model.safetensors"), load_file(f"{out}/adapter_model.safetensors")
+    assert saved.keys() == original.keys()
+    assert all(torch.equal(saved[k], original[k]) and saved[k].dtype == original[k].dtype for k in saved)
+    config = json.loads((tmp_path / "saved" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LOCA" and config["inference_mode"] is True
+    assert sorted(config["target_modules"]) == sorted(TARGETS)
+
+    # peft itself reads it
+    sample = torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    hidden = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2))
+    peft_unet = PeftModel.from_pretrained(copy.deepcopy(env.base_unet), str(out)).eval()
+    pipe.set_loca_adapters("mine", 1.0)
+    with torch.no_grad():
+        expected = pipe.unet(sample, 10, encoder_hidden_states=hidden).sample
+        got = peft_unet(sample, 10, encoder_hidden_states=hidden).sample
+        base = env.base_unet(sample, 10, encoder_hidden_states=hidden).sample
+    assert (expected - base).abs().max() > 1e-4
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+    with pytest.raises(ValueError, match="No LoCA adapter named"):
+        pipe.save_loca(tmp_path / "x", adapter_name="other")
+
+
+def test_subfolder_file_path_and_modules_to_save(env, pipe, tmp_path):
+    # an adapter trained with modules_to_save (a retrained conv_in), saved under <dir>/unet_loca
+    config = LoCAConfig(
+        init_weights=False, target_modules=["to_q", "to_v"], n_frequency=16, modules_to_save=["conv_in"]
+    )
+    model = get_peft_model(copy.deepcopy(env.base_unet), config)
+    with torch.no_grad():
+        model.base_model.model.conv_in.modules_to_save["default"].weight.mul_(1.5)
+    model.save_pretrained(tmp_path / "run" / "unet_loca")
+    original = load_file(tmp_path / "run" / "unet_loca" / "adapter_model.safetensors")
+    assert f"{PREFIX}conv_in.weight" in original
+
+    pipe.load_loca(tmp_path / "run")  # finds unet_loca/
+    adapted = env.run()
+    assert (adapted - env.base).abs().max() > 1e-3
+    pipe.save_loca(tmp_path / "again")
+    saved = load_file(tmp_path / "again" / "adapter_model.safetensors")
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+    pipe.unload_loca()
+    assert type(pipe.unet.conv_in) is nn.Conv2d
+    _assert_base_restored(env)
+
+    pipe.load_loca(tmp_path / "again" / "adapter_model.safetensors")  # the weights file itself
+    assert torch.equal(env.run(), adapted)
+    pipe.unload_loca()
+    pipe.load_loca(tmp_path / "run", subfolder="unet_loca", adapter_name="explicit")
+    assert torch.equal(env.run(), adapted)
+
+
+# ----------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_adapter_for_another_unet_names_the_layer(env, pipe, tmp_path):
+    directory = _make_adapter(_other_width_unet(), tmp_path / "wide", seed=1)
+    layer = r"layer 'down_blocks\.0\.attentions\.0\..*'"
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors.*" + layer) as info:
+        pipe.load_loca(directory)
+    assert "96x96" in str(info.value) or "48x48" in str(info.value)
+    _assert_base_restored(env)
+
+    # a failed load leaves earlier adapters as they were, active ones included
+    pipe.load_loca(env.a, adapter_name="a")
+    before = env.run()
+    with pytest.raises(ValueError, match="layer"):
+        pipe.load_loca(directory, adapter_name="wide")
+    assert pipe.get_loca_adapters() == ["a"] and pipe.get_active_loca_adapters() == ["a"]
+    assert torch.equal(env.run(), before)
+
+
+def test_adapter_for_other_modules_is_refused(env, pipe, tmp_path):
+    config = LoCAConfig(target_modules=["query", "value"], n_frequency=4)
+    model = nn.Module()
+    model.query, model.value = nn.Linear(4, 4), nn.Linear(4, 4)
+    get_peft_model(model, config).save_pretrained(tmp_path / "bert_like")
+    with pytest.raises(ValueError, match="query|value|target"):
+        pipe.load_loca(tmp_path / "bert_like")
+    _assert_base_restored(env)
+
+
+def test_lora_adapters_are_refused_with_a_pointer_to_load_lora_weights(env, pipe, tmp_path):
+    lora_config = LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False)
+    lora_unet = get_peft_model(copy.deepcopy(env.base_unet), lora_config)
+    lora_unet.save_pretrained(tmp_path / "peft_lora")
+    with pytest.raises(ValueError, match=r"LoRA.*load_lora_weights"):
+        pipe.load_loca(tmp_path / "peft_lora")
+
+    # the diffusers LoRA layout (pytorch_lora_weights.safetensors), as a directory and as the file itself
+    layers = get_peft_model_state_dict(lora_unet)
+    layers = {k.removeprefix(PREFIX): v for k, v in layers.items()}
+    StableDiffusionInstructPix2PixLoCAPipeline.save_lora_weights(tmp_path / "diffusers_lora", unet_lora_layers=layers)
+    with pytest.raises(ValueError, match=r"LoRA.*load_lora_weights"):
+        pipe.load_loca(tmp_path / "diffusers_lora")
+    with pytest.raises(ValueError, match=r"LoRA.*load_lora_weights"):
+        pipe.load_loca(tmp_path / "diffusers_lora" / "pytorch_lora_weights.safetensors")
+    _assert_base_restored(env)
+
+
+def test_corrupt_files_name_the_file(env, pipe, tmp_path):
+    import shutil
+
+    directory = tmp_path / "truncated"
+    shutil.copytree(env.a, directory)
+    weights = directory / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated.*adapter_model\.safetensors.*corrupt"):
+        pipe.load_loca(directory)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors.*corrupt"):
+        pipe.load_loca(directory)
+
+    (directory / "adapter_model.safetensors").write_bytes(data)
+    (directory / "adapter_config.json").write_text('{"peft_type": "LOCA", ')
+    with pytest.raises(ValueError, match=r"adapter_config\.json.*not valid JSON"):
+        pipe.load_loca(directory)
+
+    with pytest.raises(FileNotFoundError, match="adapter_config.json is missing"):
+        pipe.load_loca(tmp_path)
+    _assert_base_restored(env)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the Hub: fail fast and clearly
+
+
+def test_hub_id_offline_fails_fast_with_a_clear_message(env, pipe, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError) as info:
+        pipe.load_loca("someone/loca-instruct-pix2pix", subfolder="unet_loca")
+    assert time.monotonic() - start < 20
+    message = str(info.value)
+    assert "'someone/loca-instruct-pix2pix'" in message and "offline" in message
+    assert "hf download someone/loca-instruct-pix2pix" in message and "--local-dir DIR" in message
+    assert "local directory" in message
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+    _assert_base_restored(env)
+
+    # a repo already in the Hub cache loads offline (here: a cache laid out by hand, adapter in unet_loca/)
+    import shutil
+
+    cache = tmp_path / "cache"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--someone--cached-loca"
+    shutil.copytree(env.a, repo / "snapshots" / commit / "unet_loca")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pipe.load_loca("someone/cached-loca", cache_dir=cache, adapter_name="cached")
+    torch.testing.assert_close(env.run(), _run_with_unet(env, _reference_unet(env, [(env.a, 1.0)])), atol=1e-5, rtol=0)
+
+
+def test_unreachable_hub_fails_fast_without_retries(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # refused connection
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError, match=r"'someone/adapter'.*cannot be reached.*hf download someone/adapter"):
+        resolve_local_or_hub(
+            "someone/adapter", "adapter_config.json", cache_dir=tmp_path, endpoint=f"http://127.0.0.1:{port}", timeout=2
+        )
+    assert time.monotonic() - start < 10
+
+    # a server that accepts and never answers: the timeout holds
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(HubUnavailableError, match="cannot be reached"):
+            resolve_local_or_hub(
+                "someone/adapter",
+                "adapter_config.json",
+                cache_dir=tmp_path,
+                endpoint=f"http://127.0.0.1:{server.getsockname()[1]}",
+                timeout=1,
+            )
+        assert time.monotonic() - start < 10
+    finally:
+        server.close()
+
+    with pytest.raises(FileNotFoundError, match="not a valid Hugging Face Hub repo id"):
+        resolve_local_or_hub("./no/such/dir")
+
+
+# ----------------------------------------------------------------------------------------------------
+# pipelines as users create them
+
+
+def test_from_pipe_and_from_pretrained_expose_load_loca(env, tiny_pix2pix_dir):
+    from diffusers import DiffusionPipeline, StableDiffusionInstructPix2PixPipeline
+
+    plain = StableDiffusionInstructPix2PixPipeline(**env.pipe.components)
+    assert not hasattr(plain, "load_loca")
+    loca = StableDiffusionInstructPix2PixLoCAPipeline.from_pipe(plain)
+    assert isinstance(loca, StableDiffusionInstructPix2PixPipeline) and loca.unet is plain.unet
+    assert callable(loca.load_loca) and callable(loca.load_lora_weights)
+    assert callable(StableDiffusionLoCAPipeline.from_pipe(plain).load_loca)
+    assert loca_pipeline_class(StableDiffusionInstructPix2PixPipeline) is StableDiffusionInstructPix2PixLoCAPipeline
+    assert loca_diffusion.StableDiffusionInstructPix2PixLoCAPipeline is StableDiffusionInstructPix2PixLoCAPipeline
+
+    # saved pipelines name the diffusers class, so plain diffusers loads them too
+    index = json.loads((tiny_pix2pix_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
+    assert DiffusionPipeline.load_config(tiny_pix2pix_dir)["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
+
+    loaded = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(tiny_pix2pix_dir)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is StableDiffusionInstructPix2PixLoCAPipeline
+    assert torch.equal(env.run(loaded), env.base)  # the same tiny model (seed 0)
+    loaded.load_loca(env.a)
+    torch.testing.assert_close(
+        env.run(loaded), _run_with_unet(env, _reference_unet(env, [(env.a, 1.0)])), atol=1e-5, rtol=0
+    )
+    loaded.unload_loca()
+    assert torch.equal(env.run(loaded), env.base)
+
+
+def test_lora_and_loca_side_by_side(env, pipe, tmp_path):
+    lora_config = LoraConfig(r=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    lora_unet = get_peft_model(copy.deepcopy(env.base_unet), lora_config)
+    layers = {k.removeprefix(PREFIX): v for k, v in get_peft_model_state_dict(lora_unet).items()}
+    StableDiffusionInstructPix2PixLoCAPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=layers)
+    pipe.load_lora_weights(tmp_path / "lora", adapter_name="lora")
+    lora_only = env.run()
+    pipe.load_loca(env.a, adapter_name="loca")
+    pipe.set_loca_adapters(["lora", "loca"], [1.0, 1.0])
+    assert (env.run() - lora_only).abs().max() > 1e-4
+    pipe.unload_loca()
+    assert pipe.unet.peft_config.keys() == {"lora"}
+    pipe.set_adapters("lora")
+    assert torch.equal(env.run(), lora_only)
