@@ -286,5 +286,17 @@ def write_model_card(
     return path
 
 
-def adapter_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def check_replicas_in_sync(accelerator, model: nn.Module) -> int:
+    """Raise if the adapter differs between processes (DDP and the schedule must keep the replicas
+    equal); returns how many processes were compared."""
+    values = [v.detach().double().flatten() for k, v in sorted(model.state_dict().items()) if _is_adapter_key(k)]
+    flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
+    local = torch.stack([flat.sum(), flat.abs().sum(), flat.square().sum()])
+    gathered = accelerator.gather(local.to(accelerator.device)[None]).cpu()
+    if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+        raise RuntimeError(f"Adapter replicas differ between processes: {gathered.tolist()}")
+    return gathered.shape[0]
+
+
+def _is_adapter_key(key: str) -> bool:
+    return any(tag in key for tag in (".loca_", ".lora_", ".fourierft_"))
