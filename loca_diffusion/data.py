@@ -37,7 +37,6 @@ import contextlib
 import io
 import os
 import random
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,7 @@ from PIL import Image, ImageOps
 
 from .prompts import CARTOONIZATION_PARAPHRASES
 
-try:  # one error type for "the Hub cannot be reached" across the package
-    from .hub import HubUnavailableError
-except ImportError:  # pragma: no cover - hub.py absent
-
-    class HubUnavailableError(OSError):
-        """The Hugging Face Hub cannot be reached and the dataset is not available locally."""
+from .hub import HubUnavailableError, hub_offline, looks_like_repo_id, probe_repo
 
 
 __all__ = [
@@ -103,51 +97,6 @@ def _datasets():
     return datasets
 
 
-def _probe_hub_dataset(name: str, timeout: float, token=None) -> BaseException | None:
-    """One ``dataset_info`` request with a hard deadline (daemon thread): None when the Hub answered."""
-    from huggingface_hub import HfApi
-
-    outcome: list = []
-
-    def target():
-        try:
-            HfApi().dataset_info(name, timeout=timeout, token=token)
-            outcome.append(None)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller
-            outcome.append(error)
-
-    thread = threading.Thread(target=target, name=f"hub-probe:{name}", daemon=True)
-    thread.start()
-    thread.join(timeout + 2.0)
-    if not outcome:
-        return TimeoutError(f"no answer within {timeout:g} s")
-    return outcome[0]
-
-
-def _hub_offline() -> bool:
-    try:
-        from .hub import hub_offline
-
-        return hub_offline()
-    except ImportError:  # pragma: no cover
-        return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _looks_like_repo_id(name: str) -> bool:
-    try:
-        from .hub import looks_like_repo_id
-
-        return looks_like_repo_id(name)
-    except ImportError:  # pragma: no cover
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(name)
-        except HFValidationError:
-            return False
-        return not name.startswith((".", "/", "~"))
-
-
 @contextlib.contextmanager
 def _offline_mode(datasets):
     """Make ``datasets`` and ``huggingface_hub`` honour offline mode even when HF_HUB_OFFLINE was set
@@ -166,14 +115,14 @@ def _load_hub(name: str, config_name, split, cache_dir, token, timeout):
     datasets = _datasets()
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    if not _looks_like_repo_id(name):
+    if not looks_like_repo_id(name):
         raise FileNotFoundError(
             f"dataset {name!r} is neither an existing local folder nor a valid Hugging Face Hub dataset id "
             f"('name' or 'namespace/name'). {_LOCAL_HINT}"
         )
-    offline = _hub_offline() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    offline = hub_offline() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
     if not offline:
-        error = _probe_hub_dataset(name, timeout, token)
+        error = probe_repo(name, repo_type="dataset", token=token, timeout=timeout)
         if isinstance(error, GatedRepoError):
             raise PermissionError(
                 f"dataset '{name}' is gated on the Hugging Face Hub: accept its terms there and log in "

@@ -100,7 +100,7 @@ def _from_cache(repo_id, filename, subfolder, revision, cache_dir, repo_type, al
         return None
 
 
-def _probe(repo_id, revision, repo_type, token, endpoint, timeout) -> Optional[BaseException]:
+def probe_repo(repo_id, revision=None, repo_type=None, token=None, endpoint=None, timeout=10.0) -> Optional[BaseException]:
     """One request with a hard deadline: ``None`` when the repo answered, else the error."""
     from huggingface_hub import HfApi
 
@@ -210,7 +210,7 @@ def resolve_local_or_hub(
     if hub_offline():
         raise _unavailable(name, "offline mode: HF_HUB_OFFLINE=1", subfolder, revision)
 
-    error = _probe(name, revision, repo_type, token, endpoint, timeout)
+    error = probe_repo(name, revision, repo_type, token, endpoint, timeout)
     if error is not None:
         raised = _classify(error, name, subfolder, revision, endpoint)
         if raised is not None:

@@ -138,8 +138,7 @@ def _local_adapter_files(path: Path, subfolder: Optional[str], weight_name: Opti
         directory, weights = path.parent, path
         config = directory / ADAPTER_CONFIG_NAME
         if not config.is_file():
-            state = load_loca_state_dict(weights)  # raises the LoRA / not-LoCA / corrupt errors first
-            del state
+            load_loca_state_dict(weights)  # raises the LoRA / not-LoCA / corrupt errors first
             raise FileNotFoundError(f"No {ADAPTER_CONFIG_NAME} next to '{weights}': pass the adapter directory")
         return str(config), str(weights)
 

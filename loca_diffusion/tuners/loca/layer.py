@@ -13,7 +13,6 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from transformers.pytorch_utils import Conv1D
 
-from ...dct import working_dtype
 from .ops import (
     AdapterCall,
     choose_strategy,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from contextlib import contextmanager
 
@@ -148,14 +147,14 @@ class LoCAModel(BaseTuner):
                 )
             locations = state_dict.pop(loc_key)
             _check_locations(locations, n, d_out, d_in, _strip(module_name))
-            model_stem = _model_stem(model, module_name)
+            model_stem = f"{module_name}."
             if adapter_name in module.loca_fixed_locations:
                 state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = locations.long()
             if adapter_name in module.loca_locations:
                 points = indices_to_locations(locations.long(), d_out, d_in)
                 state_dict[f"{model_stem}loca_locations.{adapter_name}"] = points
         unknown = [
-            k for k in state_dict if ".loca_" in k and k not in expected and not _is_model_key(model, k, adapter_name)
+            k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")
         ]
         if unknown:
             raise ValueError(
@@ -189,14 +188,6 @@ def _checkpoint_key(state_dict, module_name: str, attribute: str):
         if f"{stem}{attribute}" in state_dict:
             return f"{stem}{attribute}"
     return None
-
-
-def _model_stem(model: nn.Module, module_name: str) -> str:
-    return f"{module_name}."
-
-
-def _is_model_key(model: nn.Module, key: str, adapter_name: str) -> bool:
-    return key.endswith(f".{adapter_name}")
 
 
 def _check_locations(locations: torch.Tensor, n: int, d_out: int, d_in: int, layer: str) -> None:

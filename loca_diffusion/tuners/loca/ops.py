@@ -24,7 +24,6 @@ kept between forward and backward.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
