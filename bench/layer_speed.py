@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)
 from bench.machine import machine_info, machine_line  # noqa: E402
+from bench.timing import peak_transient_bytes, time_round_robin  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer  # noqa: E402
 from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
 
@@ -86,48 +86,6 @@ def inference_step(model: nn.Module, x: torch.Tensor):
             model(x)
 
     return step
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_round_robin(steps: dict, repeats: int, device) -> dict[str, float]:
-    for step in steps.values():  # warm-up: caches, allocator, lazy init
-        step()
-        step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            step()
-            sync(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def peak_transient_bytes(step, device) -> int:
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted(
-        (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
-    )
-    current = peak = 0
-    for event in events:
-        current += event.cpu_memory_usage
-        peak = max(peak, current)
-    return peak
 
 
 def run_case(d_out, d_in, tokens, n_frequency, device, repeats, methods) -> list[dict]:
