@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/theory.py
 	$(BIN)/python bench/toy_convergence.py
 	$(BIN)/python bench/layer_speed.py
+	$(BIN)/python bench/unet_step.py
 
 clean:
 	rm -rf $(VENV) loca-quickstart .pytest_cache
