@@ -149,21 +149,6 @@ class LoCALayer(BaseTunerLayer):
             del self.loca_locations[adapter_name]
         self._weight_cache = None
 
-    def unfreeze_locations(self, adapter_name: str) -> None:
-        """Make frozen locations learnable again, starting from the frozen integers."""
-        if adapter_name not in self.loca_fixed_locations:
-            return
-        indices = self.loca_fixed_locations[adapter_name]
-        points = indices_to_locations(indices, self.out_features, self.in_features)
-        if adapter_name in self.loca_locations:
-            with torch.no_grad():
-                self.loca_locations[adapter_name].copy_(points)
-        else:
-            self.loca_locations[adapter_name] = nn.Parameter(points)
-            self.loca_locations[adapter_name].requires_grad_(adapter_name in self.active_adapters)
-        del self.loca_fixed_locations[adapter_name]
-        self._weight_cache = None
-
     def _create_frozen_buffers_for_load(self, state_dict, prefix) -> None:
         # A checkpoint of a model whose locations were frozen holds `loca_fixed_locations.<name>`;
         # create the buffer first so that the frozen state comes back with it.
