@@ -471,7 +471,11 @@ def main(argv=None) -> None:
             trainable_parameters=n_trainable,
             **pictures,
         )
+    # every rank leaves together: a rank exiting while the main one still saves can hang gloo's teardown
+    accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _open_image(path: str):
