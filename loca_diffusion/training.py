@@ -300,3 +300,29 @@ def check_replicas_in_sync(accelerator, model: nn.Module) -> int:
 
 def _is_adapter_key(key: str) -> bool:
     return any(tag in key for tag in (".loca_", ".lora_", ".fourierft_"))
+
+
+def push_to_hub(output_dir: str | Path, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
+    """Upload a trained adapter directory (adapter, model card, pictures; not checkpoints or logs) to the
+    Hub; returns the repo URL. Without network it fails at once with what to do instead."""
+    from huggingface_hub import HfApi
+
+    from .hub import HubUnavailableError, hub_offline, probe_repo
+
+    if hub_offline():
+        raise HubUnavailableError(
+            f"cannot push {output_dir} to '{repo_id}': offline mode (HF_HUB_OFFLINE=1) is on; upload the "
+            f"directory later with `hf upload {repo_id} {output_dir}`"
+        )
+    error = probe_repo("gpt2", timeout=10.0)  # any public repo: is the Hub reachable at all?
+    if error is not None and getattr(getattr(error, "response", None), "status_code", None) is None:
+        raise HubUnavailableError(
+            f"cannot push {output_dir} to '{repo_id}': the Hugging Face Hub cannot be reached "
+            f"({type(error).__name__}); upload the directory later with `hf upload {repo_id} {output_dir}`"
+        ) from None
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoint-*", "logs/*", "*.pkl", "*.bin"]
+    )
+    return str(url)

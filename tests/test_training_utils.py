@@ -103,3 +103,16 @@ def test_image_grid():
     assert grid.getpixel((10, 14)) == (255, 255, 255)  # the empty sixth cell
     with pytest.raises(ValueError):
         image_grid([], 2)
+
+
+def test_push_to_hub_fails_fast_offline(tmp_path, monkeypatch):
+    import time
+
+    from loca_diffusion.hub import HubUnavailableError
+    from loca_diffusion.training import push_to_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError, match="me/adapter") as info:
+        push_to_hub(tmp_path, "me/adapter")
+    assert "hf upload" in str(info.value) and time.monotonic() - start < 5

@@ -44,6 +44,7 @@ from loca_diffusion.training import (
     image_grid,
     location_heatmap,
     location_snapshot,
+    push_to_hub,
     register_checkpoint_hooks,
     save_adapter,
     trainable_parameter_count,
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validation_inference_steps", type=int, default=20)
     p.add_argument("--report_to", default="tensorboard")
     p.add_argument("--logging_dir", default="logs")
+    p.add_argument("--push_to_hub", action="store_true", help="Upload the trained adapter directory to the Hub.")
+    p.add_argument("--hub_model_id", default=None, help="Repo for --push_to_hub (default: the output folder name).")
+    p.add_argument("--hub_token", default=None)
     args = p.parse_args(argv)
     if args.dataset_name is None and args.train_data_dir is None:
         p.error("Pass --dataset_name or --train_data_dir")
@@ -471,6 +475,12 @@ def main(argv=None) -> None:
             trainable_parameters=n_trainable,
             **pictures,
         )
+        if args.push_to_hub:
+            try:
+                url = push_to_hub(args.output_dir, args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+                logger.info(f"adapter uploaded to {url}")
+            except HubUnavailableError as error:
+                logger.error(f"{error} (the trained adapter is saved in {args.output_dir})")
     # every rank leaves together: a rank exiting while the main one still saves can hang gloo's teardown
     accelerator.wait_for_everyone()
     accelerator.end_training()
