@@ -74,6 +74,23 @@ def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(files, model_max_length=77, pad_token="<|endoftext|>")
 
 
+def build_tiny_unet(width: int = 32) -> UNet2DConditionModel:
+    """The tiny InstructPix2Pix UNet: 8 input channels, two levels (``width``, ``2 * width``), cross-attention
+    width 32 (the tiny CLIP text encoder's)."""
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=8,  # noisy latents + image latents
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
 def build_tiny_instruct_pix2pix(work_dir: str | Path, seed: int = 0) -> StableDiffusionInstructPix2PixLoCAPipeline:
     """A randomly initialised tiny InstructPix2Pix pipeline (LoCA-enabled class), on CPU in float32.
 
@@ -81,18 +98,7 @@ def build_tiny_instruct_pix2pix(work_dir: str | Path, seed: int = 0) -> StableDi
     ``--pretrained_model_name_or_path`` for the training script.
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = build_tiny_unet()
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -51,21 +51,10 @@ def _make_adapter(unet: nn.Module, directory, seed: int, scaling: float = 1.0) -
 
 
 def _other_width_unet() -> nn.Module:
-    from diffusers import UNet2DConditionModel
+    from loca_diffusion.tiny_pix2pix import build_tiny_unet
 
     torch.manual_seed(1)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=8,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(48, 96),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    return build_tiny_unet(48)
 
 
 class Env:

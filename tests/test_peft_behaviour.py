@@ -140,20 +140,9 @@ def _vit(hidden=32):
 
 
 def _unet(hidden=32):
-    from diffusers import UNet2DConditionModel
+    from loca_diffusion.tiny_pix2pix import build_tiny_unet
 
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=8,  # InstructPix2Pix: noisy latents + image latents
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(hidden, 2 * hidden),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    return build_tiny_unet(hidden)
 
 
 def _features():
