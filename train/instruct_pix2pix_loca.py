@@ -458,7 +458,7 @@ def main(argv=None) -> None:
     logger.info(f"adapter replicas identical across {replicas} process(es)")
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet)
-        save_adapter(unet, args.output_dir)
+        save_adapter(unet, args.output_dir, base_model_name_or_path=args.pretrained_model_name_or_path)
         pictures = {}
         grid = run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
         grid.save(Path(args.output_dir) / "samples.png")

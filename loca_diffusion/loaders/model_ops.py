@@ -275,8 +275,11 @@ def load_loca_adapter(model: nn.Module, adapter: LoCAAdapter, adapter_name: Opti
             state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
     config = adapter.config
     config.inference_mode = True
+    base_model_name_or_path = config.base_model_name_or_path
     try:
         _add_adapter(model, config, adapter_name)
+        # diffusers' add_adapter clears it; keep it, so that save_loca writes the config it read
+        config.base_model_name_or_path = base_model_name_or_path
         from peft import set_peft_model_state_dict
 
         # files hold PeftModel's keys (`base_model.model.<module>...`); the model is not wrapped, and peft maps
