@@ -208,3 +208,65 @@ def test_save_loca_and_save_adapter_write_the_same_files(pipe, tmp_path):
     written, saved = load_file(from_training / "adapter_model.safetensors"), load_file(from_pipe / "adapter_model.safetensors")
     assert written.keys() == saved.keys()
     assert all(torch.equal(written[k], saved[k]) for k in written)
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the training script writes
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_training_script_outputs_load_by_every_route(tiny_pix2pix_dir, tmp_path, inputs, adapter, script_pairs):
+    from diffusers import UNet2DConditionModel
+    from test_train_script import common_args, ok, run
+
+    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
+
+    out = tmp_path / adapter
+    args = common_args(tiny_pix2pix_dir, script_pairs, out, 2) + ["--adapter", adapter, "--checkpointing_steps", "1"]
+    ok(run(args, launcher=False))
+    base = UNet2DConditionModel.from_pretrained(tiny_pix2pix_dir, subfolder="unet").eval()
+    base_output = unet_output(base, inputs)
+    loaded = load_with_peft(base, out)
+    via_peft = unet_output(loaded, inputs)
+    assert (via_peft - base_output).abs().max() > 1e-4  # trained: the adapter changes the output
+    written = adapter_tensors_in_file(out)
+    restored = adapter_tensors(loaded)
+    assert written and restored.keys() == written.keys()
+    assert all(torch.equal(restored[key], value) for key, value in written.items())
+    assert any(value.abs().sum() > 0 for value in written.values())
+    if adapter == "fourierft":
+        return
+
+    pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(tiny_pix2pix_dir, safety_checker=None)
+    pipe.load_loca(out) if adapter == "loca" else pipe.load_lora_weights(out)
+    torch.testing.assert_close(unet_output(pipe.unet, inputs), via_peft, atol=1e-6, rtol=0)
+
+    if adapter == "lora":
+        # a LoRA checkpoint (no LoCA live state) restores its adapter: resuming from step 1 ends where the
+        # uninterrupted run ended
+        resumed = tmp_path / "resumed"
+        ok(run(common_args(tiny_pix2pix_dir, script_pairs, resumed, 2) + [
+            "--adapter", adapter, "--resume_from_checkpoint", str(out / "checkpoint-1")
+        ], launcher=False))
+        again = adapter_tensors_in_file(resumed)
+        assert again.keys() == written.keys()
+        for key, value in written.items():
+            torch.testing.assert_close(again[key], value, rtol=1e-5, atol=1e-6)
+
+
+def adapter_tensors_in_file(directory: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for name, value in load_file(directory / "adapter_model.safetensors").items():
+        for tag in TRAINED:
+            if f".{tag}" in name:
+                found[f"{name.removeprefix('base_model.model.').split(f'.{tag}')[0]}.{tag}"] = value
+    return found
+
+
+@pytest.fixture(scope="module")
+def script_pairs(tmp_path_factory) -> Path:
+    from loca_diffusion.cartoonize import build_cartoon_dataset
+
+    out = tmp_path_factory.mktemp("pairs") / "data"
+    build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)
+    return out
