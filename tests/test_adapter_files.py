@@ -25,6 +25,7 @@ from loca_diffusion.loaders import write_loca_adapter
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
 from loca_diffusion.training import UNET_ATTENTION_TARGETS, build_adapter_config, save_adapter
 from peft import PeftModel
+from test_train_script import common_args, ok, pairs, run  # noqa: F401 (pairs: the tiny edit-pair fixture)
 
 ADAPTERS = ["loca", "lora", "fourierft"]
 #: the adapter tensors (LoCA's locations are left where the layer put them: they must stay in range)
@@ -215,14 +216,13 @@ def test_save_loca_and_save_adapter_write_the_same_files(pipe, tmp_path):
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_training_script_outputs_load_by_every_route(tiny_pix2pix_dir, tmp_path, inputs, adapter, script_pairs):
+def test_training_script_outputs_load_by_every_route(tiny_pix2pix_dir, tmp_path, inputs, adapter, pairs):
     from diffusers import UNet2DConditionModel
-    from test_train_script import common_args, ok, run
 
     from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
 
     out = tmp_path / adapter
-    args = common_args(tiny_pix2pix_dir, script_pairs, out, 2) + ["--adapter", adapter, "--checkpointing_steps", "1"]
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--adapter", adapter, "--checkpointing_steps", "1"]
     ok(run(args, launcher=False))
     base = UNet2DConditionModel.from_pretrained(tiny_pix2pix_dir, subfolder="unet").eval()
     base_output = unet_output(base, inputs)
@@ -245,7 +245,7 @@ def test_training_script_outputs_load_by_every_route(tiny_pix2pix_dir, tmp_path,
         # a LoRA checkpoint (no LoCA live state) restores its adapter: resuming from step 1 ends where the
         # uninterrupted run ended
         resumed = tmp_path / "resumed"
-        ok(run(common_args(tiny_pix2pix_dir, script_pairs, resumed, 2) + [
+        ok(run(common_args(tiny_pix2pix_dir, pairs, resumed, 2) + [
             "--adapter", adapter, "--resume_from_checkpoint", str(out / "checkpoint-1")
         ], launcher=False))
         again = adapter_tensors_in_file(resumed)
@@ -261,12 +261,3 @@ def adapter_tensors_in_file(directory: Path) -> dict[str, torch.Tensor]:
             if f".{tag}" in name:
                 found[f"{name.removeprefix('base_model.model.').split(f'.{tag}')[0]}.{tag}"] = value
     return found
-
-
-@pytest.fixture(scope="module")
-def script_pairs(tmp_path_factory) -> Path:
-    from loca_diffusion.cartoonize import build_cartoon_dataset
-
-    out = tmp_path_factory.mktemp("pairs") / "data"
-    build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)
-    return out

@@ -94,6 +94,8 @@ def pipe(env):
     env.pipe.unload_loca()
     if getattr(env.pipe.unet, "peft_config", None):
         env.pipe.unload_lora_weights()
+        for name, parameter in env.pipe.unet.named_parameters():  # diffusers leaves the base frozen
+            parameter.requires_grad_(env.base_grads[name])
     state = env.pipe.unet.state_dict()
     assert state.keys() == env.base_state.keys()
     assert all(torch.equal(state[k], env.base_state[k]) for k in state)

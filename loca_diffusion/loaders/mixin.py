@@ -10,8 +10,6 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..hub import DEFAULT_TIMEOUT
-from ..tuners.loca import LoCAConfig
 from . import model_ops
 from .adapter_files import read_loca_adapter, write_loca_adapter
 
@@ -92,15 +90,7 @@ class LoCALoaderMixin:
         self,
         pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
         adapter_name: Optional[str] = None,
-        *,
-        loca_config: Optional[Union[LoCAConfig, Mapping[str, Any]]] = None,
-        subfolder: Optional[str] = None,
-        weight_name: Optional[str] = None,
-        revision: Optional[str] = None,
-        cache_dir: Optional[Union[str, os.PathLike]] = None,
-        local_files_only: bool = False,
-        token: Optional[Union[str, bool]] = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        **kwargs: Any,
     ) -> str:
         """Load a LoCA adapter into the pipeline's UNet and make it the active adapter.
 
@@ -114,11 +104,10 @@ class LoCALoaderMixin:
                     pipe.load_loca(state_dict, loca_config=LoCAConfig.from_pretrained("adapter"))
 
             adapter_name: name of the adapter; default ``default_0``, ``default_1``, ... (the first free one).
-            loca_config: the config of an in-memory state dict: a :class:`LoCAConfig` or the contents of
-                ``adapter_config.json``. Only with a state dict (a directory has its own).
-            subfolder, revision, cache_dir, local_files_only, token: where to find it on the Hub (or the
-                subfolder of a local directory). ``weight_name`` overrides ``adapter_model.safetensors``.
-            timeout: seconds to wait for the Hub before giving up (no retries; see :mod:`loca_diffusion.hub`).
+            kwargs: passed to :func:`~loca_diffusion.loaders.read_loca_adapter`: ``loca_config`` (the config of an
+                in-memory state dict: a :class:`LoCAConfig` or the contents of ``adapter_config.json``),
+                ``subfolder``, ``weight_name``, ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+                ``timeout`` (seconds to wait for the Hub before giving up; no retries).
 
         Returns:
             the adapter name.
@@ -130,17 +119,7 @@ class LoCALoaderMixin:
             FileNotFoundError: no adapter there.
         """
         model = self._loca_model()
-        adapter = read_loca_adapter(
-            pretrained_model_name_or_path_or_dict,
-            loca_config=loca_config,
-            subfolder=subfolder,
-            weight_name=weight_name,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-            timeout=timeout,
-        )
+        adapter = read_loca_adapter(pretrained_model_name_or_path_or_dict, **kwargs)
         with _Offloading(self):
             return model_ops.load_loca_adapter(model, adapter, adapter_name)
 
