@@ -25,7 +25,7 @@ from loca_diffusion.loaders import write_loca_adapter
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
 from loca_diffusion.training import UNET_ATTENTION_TARGETS, build_adapter_config, save_adapter
 from peft import PeftModel
-from test_train_script import common_args, ok, pairs, run  # noqa: F401 (pairs: the tiny edit-pair fixture)
+from test_train_script import common_args, ok, run
 
 ADAPTERS = ["loca", "lora", "fourierft"]
 #: the adapter tensors (LoCA's locations are left where the layer put them: they must stay in range)
@@ -162,7 +162,8 @@ def test_writer_writes_what_peft_save_pretrained_writes(pipe, tmp_path, adapter)
 
     assert config(ours) == config(tmp_path / "peft")
     assert config(ours)["inference_mode"] is True and config(ours)["base_model_name_or_path"] == BASE_NAME
-    mine, theirs = load_file(ours / "adapter_model.safetensors"), load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    mine = load_file(ours / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "peft" / "adapter_model.safetensors")
     assert mine.keys() == theirs.keys() and all(k.startswith("base_model.model.") for k in mine)
     assert all(torch.equal(mine[k], theirs[k]) and mine[k].dtype == theirs[k].dtype for k in mine)
     # the writer also on a PeftModel: the same files
@@ -206,7 +207,8 @@ def test_save_loca_and_save_adapter_write_the_same_files(pipe, tmp_path):
     config_bytes = (from_training / "adapter_config.json").read_bytes()
     assert (from_pipe / "adapter_config.json").read_bytes() == config_bytes
     assert json.loads(config_bytes)["auto_mapping"]["base_model_class"] == "UNet2DConditionModel"
-    written, saved = load_file(from_training / "adapter_model.safetensors"), load_file(from_pipe / "adapter_model.safetensors")
+    written = load_file(from_training / "adapter_model.safetensors")
+    saved = load_file(from_pipe / "adapter_model.safetensors")
     assert written.keys() == saved.keys()
     assert all(torch.equal(written[k], saved[k]) for k in written)
 

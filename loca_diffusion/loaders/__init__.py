@@ -17,7 +17,6 @@ An adapter on disk is the PEFT layout: ``adapter_config.json`` + ``adapter_model
 directory ``PeftModel.from_pretrained(unet, dir)`` reads and ``PeftModel.save_pretrained`` writes.
 """
 
-from . import adapter_files
 from .adapter_files import (
     ADAPTER_CONFIG_NAME,
     DIFFUSERS_LORA_WEIGHTS_NAME,
@@ -34,4 +33,18 @@ from .adapter_files import (
 from .mixin import LoCALoaderMixin
 from .model_ops import LoCALoaderState
 
-__all__ = ["LoCALoaderMixin", "LoCALoaderState", *adapter_files.__all__]
+__all__ = [
+    "LoCALoaderMixin",
+    "LoCALoaderState",
+    "LoCAAdapter",
+    "read_loca_adapter",
+    "write_loca_adapter",
+    "load_loca_state_dict",
+    "to_model_keys",
+    "ADAPTER_CONFIG_NAME",
+    "LOCA_WEIGHTS_NAME",
+    "LOCA_PICKLE_WEIGHTS_NAME",
+    "LOCA_SUBFOLDER",
+    "DIFFUSERS_LORA_WEIGHTS_NAME",
+    "PEFT_PREFIX",
+]

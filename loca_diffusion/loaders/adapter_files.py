@@ -29,20 +29,6 @@ from ..hub import (
 )
 from ..tuners.loca import LoCAConfig
 
-__all__ = [
-    "ADAPTER_CONFIG_NAME",
-    "LOCA_WEIGHTS_NAME",
-    "LOCA_PICKLE_WEIGHTS_NAME",
-    "LOCA_SUBFOLDER",
-    "DIFFUSERS_LORA_WEIGHTS_NAME",
-    "PEFT_PREFIX",
-    "LoCAAdapter",
-    "read_loca_adapter",
-    "write_loca_adapter",
-    "load_loca_state_dict",
-    "to_model_keys",
-]
-
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 LOCA_WEIGHTS_NAME = "adapter_model.safetensors"
 LOCA_PICKLE_WEIGHTS_NAME = "adapter_model.bin"
@@ -178,8 +164,9 @@ def _local_adapter_files(path: Path, subfolder: Optional[str], weight_name: Opti
     directory = path / subfolder if subfolder else path
     if not directory.is_dir():
         raise FileNotFoundError(f"No directory '{directory}'")
-    if not (directory / ADAPTER_CONFIG_NAME).is_file() and (directory / LOCA_SUBFOLDER / ADAPTER_CONFIG_NAME).is_file():
-        directory = directory / LOCA_SUBFOLDER
+    nested = directory / LOCA_SUBFOLDER
+    if not (directory / ADAPTER_CONFIG_NAME).is_file() and (nested / ADAPTER_CONFIG_NAME).is_file():
+        directory = nested
     config = directory / ADAPTER_CONFIG_NAME
     if not config.is_file():
         lora = [name for name in DIFFUSERS_LORA_FILES if (directory / name).is_file()]
@@ -234,7 +221,9 @@ def _hub_adapter_files(repo_id: str, subfolder, weight_name, hub_kwargs) -> tupl
             return config, resolve_local_or_hub(repo_id, name, subfolder=chosen, **hub_kwargs)
         except HubFileNotFoundError:
             continue
-    raise FileNotFoundError(f"The Hub repo '{repo_id}' has {ADAPTER_CONFIG_NAME} but no weights ({' or '.join(names)})")
+    raise FileNotFoundError(
+        f"The Hub repo '{repo_id}' has {ADAPTER_CONFIG_NAME} but no weights ({' or '.join(names)})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -348,7 +337,9 @@ def write_loca_adapter(
 
     configs = getattr(model, "peft_config", None) or {}
     if adapter_name not in configs:
-        raise ValueError(f"The {type(model).__name__} has no adapter named '{adapter_name}' (adapters: {list(configs)})")
+        raise ValueError(
+            f"The {type(model).__name__} has no adapter named '{adapter_name}' (adapters: {list(configs)})"
+        )
     state_dict = _peft_state_dict(model, adapter_name)
     if not state_dict:
         raise ValueError(f"Adapter '{adapter_name}' of the {type(model).__name__} has no tensors to save")

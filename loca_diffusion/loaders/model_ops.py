@@ -304,7 +304,9 @@ def load_loca_adapter(model: nn.Module, adapter: LoCAAdapter, adapter_name: Opti
     return adapter_name
 
 
-def set_loca_adapters(model: nn.Module, adapter_names: Union[str, list[str]], adapter_weights: AdapterWeights = None) -> None:
+def set_loca_adapters(
+    model: nn.Module, adapter_names: Union[str, list[str]], adapter_weights: AdapterWeights = None
+) -> None:
     """Activate these adapters (and only these) with these weights: diffusers' ``set_adapters``.
 
     A weight may be a per-block dict where the model has diffusers' ``set_adapters`` (UNets, transformers);
@@ -321,7 +323,9 @@ def set_loca_adapters(model: nn.Module, adapter_names: Union[str, list[str]], ad
         model.set_adapters(names, weights)
     else:
         if any(isinstance(weight, dict) for weight in weights):
-            raise ValueError(f"Per-block adapter weights need a diffusers model; the {type(model).__name__} takes numbers")
+            raise ValueError(
+                f"Per-block adapter weights need a diffusers model; the {type(model).__name__} takes numbers"
+            )
         _activate(model, names)
         for _, module in _tuner_layers(model):
             for name, weight in zip(names, weights):
