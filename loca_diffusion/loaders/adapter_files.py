@@ -269,7 +269,7 @@ def read_loca_adapter(
             )
         source = "an in-memory state dict"
         if isinstance(loca_config, LoCAConfig):
-            config = copy.deepcopy(loca_config)
+            config = copy.deepcopy(loca_config)  # the adapter owns its config, as one read from a file
         else:
             config = _config_from_dict({"peft_type": "LOCA", **loca_config}, "the `loca_config` passed")
         state_dict = _check_state_dict(pretrained_model_name_or_path_or_dict, f"of {source}")

@@ -9,6 +9,7 @@ the fused layers) is one :class:`LoCALoaderState` in the model's ``_loca_loader_
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ def _as_list(names: Union[str, list[str]]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def check_loaded(model: nn.Module, names: list[str], loca_only: Optional[str] = None) -> None:
+def _check_loaded(model: nn.Module, names: list[str], loca_only: Optional[str] = None) -> None:
     """Raise unless every name is a loaded adapter (a LoCA one, with ``loca_only`` naming the LoRA method)."""
     configs = getattr(model, "peft_config", None) or {}
     loca = loca_adapter_names(model)
@@ -273,7 +274,7 @@ def load_loca_adapter(model: nn.Module, adapter: LoCAAdapter, adapter_name: Opti
         state = _state(model)
         if state.requires_grad_before is None:
             state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
-    config = adapter.config
+    config = copy.deepcopy(adapter.config)  # the adapter may be loaded into several models
     config.inference_mode = True
     base_model_name_or_path = config.base_model_name_or_path
     try:
@@ -313,7 +314,7 @@ def set_loca_adapters(
     other models take numbers only.
     """
     names = _as_list(adapter_names)
-    check_loaded(model, names)
+    _check_loaded(model, names)
     if is_loca_fused(model):
         raise ValueError("LoCA adapters are fused; call `pipe.unfuse_loca()` before `set_loca_adapters`")
     weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
@@ -347,7 +348,7 @@ def enable_loca(model: nn.Module, enabled: bool = True) -> None:
 def delete_loca_adapters(model: nn.Module, adapter_names: Union[str, list[str]]) -> None:
     """Remove these LoCA adapters (fused adapters are unfused first)."""
     names = _as_list(adapter_names)
-    check_loaded(model, names, loca_only="delete_adapters")
+    _check_loaded(model, names, loca_only="delete_adapters")
     if is_loca_fused(model):
         unfuse_loca(model)
     for name in names:
@@ -379,7 +380,7 @@ def fuse_loca(
         names = active_loca_adapters(model)
     else:
         names = _as_list(adapter_names)
-        check_loaded(model, names, loca_only="fuse_lora")
+        _check_loaded(model, names, loca_only="fuse_lora")
     if not names:
         raise ValueError("No LoCA adapter is active; pass `adapter_names` or call `set_loca_adapters` first")
     fused = _state(model).fused
