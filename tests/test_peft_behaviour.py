@@ -265,8 +265,9 @@ def loca_layers(model: nn.Module) -> dict[str, LoCALayer]:
 
 def integer_locations(layer: LoCALayer, adapter: str) -> torch.Tensor:
     """The (row, col) integers the layer should use, derived from its raw state (not get_locations)."""
-    if adapter in layer.loca_fixed_locations:
-        return layer.loca_fixed_locations[adapter].clone()
+    fixed = layer.loca_fixed_locations[adapter]
+    if (fixed >= 0).all():  # frozen (all -1 while the locations are learned)
+        return fixed.clone()
     points = layer.loca_locations[adapter].detach().double()
     sizes = torch.tensor([[layer.out_features - 1], [layer.in_features - 1]], dtype=torch.float64)
     return torch.round(points * sizes).long()
@@ -509,13 +510,116 @@ def test_save_load_after_freezing_locations(tmp_path):
     spec = SPECS["mlp"]
     model = peft(spec, init_weights=False)
     for layer in loca_layers(model).values():
-        layer.freeze_locations("default", drop_parameter=True)
+        layer.freeze_locations("default")
     expected = run_eval(model, spec)
     model.save_pretrained(tmp_path)
     sd = load_file(tmp_path / "adapter_model.safetensors")
     assert not any("fixed" in k for k in sd)
     loaded = PeftModel.from_pretrained(spec.base(), tmp_path)
     assert torch.equal(run_eval(loaded, spec), expected)
+
+
+def _train_briefly(model, spec, steps, location_training_steps):
+    """A few AdamW steps of the alternating schedule (locations freeze at ``location_training_steps``)."""
+    model.train()
+    schedule = LoCASchedule(model, coefficient_steps=1, location_steps=1, location_training_steps=location_training_steps)
+    optimizer = torch.optim.AdamW(schedule.parameter_groups(lr=1e-2, location_lr=0.2))
+    for _ in range(steps):
+        run(model, spec).pow(2).mean().backward()
+        schedule.mask_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["fourierft", "loca", "loca_frozen"])
+def test_reloaded_adapter_keeps_the_state_dict_keys(method, tmp_path):
+    # PEFT's contract (FourierFT, LoRA, ...): one key set whatever the mode, so a reloaded adapter
+    # (inference_mode=True) takes the trained model's state dict strictly, and the other way round
+    from peft import FourierFTConfig
+
+    spec = SPECS["mlp"]
+    torch.manual_seed(0)
+    if method == "fourierft":
+        trained = get_peft_model(
+            spec.base(), FourierFTConfig(n_frequency=8, target_modules=["lin0", "lin1"], init_weights=False)
+        ).eval()
+    else:
+        # "loca" stops before T_s (locations still learned), "loca_frozen" crosses it
+        trained = _train_briefly(peft(spec), spec, steps=3, location_training_steps=10 if method == "loca" else 2)
+        frozen = method == "loca_frozen"
+        assert all(layer.locations_frozen("default") == frozen for layer in loca_layers(trained).values())
+    expected = run_eval(trained, spec)
+    trained.save_pretrained(tmp_path)
+
+    loaded = PeftModel.from_pretrained(spec.base(), tmp_path)
+    trainable = PeftModel.from_pretrained(spec.base(), tmp_path, is_trainable=True)
+    assert loaded.peft_config["default"].inference_mode
+    keys = set(trained.state_dict())
+    assert set(loaded.state_dict()) == keys
+    assert set(trainable.state_dict()) == keys
+    assert torch.equal(run_eval(loaded, spec), expected)
+
+    # the trained state loads strictly into the reloaded model and gives the trained output
+    fresh = PeftModel.from_pretrained(spec.base(), tmp_path)
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(run_eval(fresh, spec), expected)
+    # and back: the reloaded state loads strictly into a freshly built trainable model
+    rebuilt = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    rebuilt.load_state_dict(loaded.state_dict())
+    assert torch.equal(run_eval(rebuilt, spec), expected)
+    if method == "fourierft":
+        return
+    for layer in loca_layers(loaded).values():
+        # reloaded for inference: frozen locations, nothing trainable
+        assert layer.locations_frozen("default")
+        assert not layer.loca_locations["default"].requires_grad
+        assert not layer.loca_coefficients["default"].requires_grad
+    for layer in loca_layers(trainable).values():
+        assert not layer.locations_frozen("default") and layer.loca_locations["default"].requires_grad
+
+
+def test_state_dicts_of_the_earlier_layout_still_load_strictly():
+    # Before one key set, a learning model had no `loca_fixed_locations` and one loaded for inference
+    # no `loca_locations`: checkpoints of that layout must still load (strictly) with their meaning.
+    spec = SPECS["mlp"]
+    trained = _train_briefly(peft(spec), spec, steps=3, location_training_steps=10)
+    expected = run_eval(trained, spec)
+    state = trained.state_dict()
+    learning = {k: v for k, v in state.items() if "loca_fixed_locations" not in k}
+    model = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    model.load_state_dict(learning)
+    assert not any(layer.locations_frozen("default") for layer in loca_layers(model).values())
+    assert torch.equal(run_eval(model, spec), expected)
+
+    inference = {k: v for k, v in state.items() if "loca_locations" not in k}
+    for name, layer in loca_layers(trained).items():
+        inference[f"{PEFT_PREFIX}{name}.loca_fixed_locations.default"] = integer_locations(layer, "default")
+    model = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    model.load_state_dict(inference)
+    for name, layer in loca_layers(model).items():
+        assert layer.locations_frozen("default")
+        assert torch.equal(layer.get_locations("default"), integer_locations(loca_layers(trained)[name], "default"))
+    assert torch.equal(run_eval(model, spec), expected)
+
+
+def test_frozen_locations_ignore_optimizer_moves():
+    # After the freeze the location parameter stays registered (DDP); whatever an optimizer then does
+    # to it (AdamW's momentum keeps moving it after its gradient is masked) must not move the locations.
+    spec = SPECS["mlp"]
+    model = _train_briefly(peft(spec), spec, steps=4, location_training_steps=2)
+    layers = loca_layers(model)
+    frozen = {n: integer_locations(layer, "default") for n, layer in layers.items()}
+    out = run_eval(model, spec)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.loca_locations["default"].copy_(1.0 - layer.loca_locations["default"])
+    for n, layer in layers.items():
+        assert layer.locations_frozen("default")
+        assert torch.equal(layer.get_locations("default"), frozen[n])
+    model.eval()
+    assert torch.equal(run_eval(model, spec), out)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from peft.utils.other import get_pattern_key
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoCAConfig
-from .layer import Linear, LoCALayer
+from .layer import NOT_FROZEN, Linear, LoCALayer
 from .ops import indices_to_locations
 
 _PEFT_PREFIX = "base_model.model."
@@ -147,12 +147,13 @@ class LoCAModel(BaseTuner):
                 )
             locations = state_dict.pop(loc_key)
             _check_locations(locations, n, d_out, d_in, _strip(module_name))
+            # the file holds no frozen flag: the adapter keeps the mode it was created in (frozen for
+            # inference, learnable with is_trainable=True)
             model_stem = f"{module_name}."
-            if adapter_name in module.loca_fixed_locations:
-                state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = locations.long()
-            if adapter_name in module.loca_locations:
-                points = indices_to_locations(locations.long(), d_out, d_in)
-                state_dict[f"{model_stem}loca_locations.{adapter_name}"] = points
+            frozen = module.locations_frozen(adapter_name)
+            fixed = locations.long() if frozen else torch.full_like(locations, NOT_FROZEN, dtype=torch.long)
+            state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
+            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(locations.long(), d_out, d_in)
         unknown = [
             k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")
         ]
