@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -752,16 +753,47 @@ def test_safe_merge(spec):
     assert_close(run_eval(merged, spec), unmerged, atol=1e-5)
 
 
+# PEFT's promise for a safe merge of a broken adapter (the same text in lora, vblora, ...)
+BROKEN_ADAPTER = re.escape("NaNs detected in the merged weights. The adapter default seems to be broken")
+
+
 def test_safe_merge_nan_raises(spec):
     model = peft(spec, init_weights=False)
     name, layer = next(iter(loca_layers(model).items()))
     w0 = layer.get_base_layer().weight.clone()
     with torch.no_grad():
         layer.loca_coefficients["default"][0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=BROKEN_ADAPTER):
         model.merge_adapter(safe_merge=True)
     assert torch.equal(layer.get_base_layer().weight, w0)
     assert not layer.merged
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_locations_raise_a_clear_error(value):
+    # e.g. after an optimizer step on NaN gradients: a ValueError naming the layer and the adapter,
+    # not an IndexError (NaN) or a silent move to the border (Inf)
+    spec = SPECS["mlp"]
+    model = peft(spec, init_weights=False)
+    layer = loca_layers(model)["lin1"]
+    run_eval(model, spec)  # a forward before the corruption must not hide it (cached checks)
+    with torch.no_grad():
+        layer.loca_locations["default"][1, 2] = value
+    clear = r"lin1.*'default'.*(NaN|Inf)|'default'.*lin1.*(NaN|Inf)"
+    with pytest.raises(ValueError, match=clear):
+        run_eval(model, spec)
+    model.train()
+    with pytest.raises(ValueError, match=clear):
+        run(model, spec)
+    with pytest.raises(ValueError, match=clear):
+        layer.get_delta_weight("default")
+
+    w0 = layer.get_base_layer().weight.clone()
+    with pytest.raises(ValueError, match=BROKEN_ADAPTER):
+        model.merge_adapter(safe_merge=True)
+    with pytest.raises(ValueError, match=clear):
+        model.merge_adapter()
+    assert not layer.merged and torch.equal(layer.get_base_layer().weight, w0)
 
 
 def test_merge_with_scale_and_two_adapters():

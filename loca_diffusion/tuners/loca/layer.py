@@ -27,6 +27,10 @@ from .ops import (
 NOT_FROZEN = -1
 
 
+class NonFiniteLocationsError(ValueError):
+    """A location parameter holds NaN or Inf (e.g. after an optimizer step on NaN gradients)."""
+
+
 class LoCALayer(BaseTunerLayer):
     """State of the LoCA adapters of one layer, by adapter name.
 
@@ -51,6 +55,7 @@ class LoCALayer(BaseTunerLayer):
         "loca_multiplier",
         "loca_learn_locations",
         "loca_frozen",
+        "loca_finite_stamp",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
@@ -68,6 +73,10 @@ class LoCALayer(BaseTunerLayer):
         # mirror of "loca_fixed_locations[name] holds locations", so that no forward reads the buffer
         # (a device sync); kept in step by freeze_locations and state-dict loading
         self.loca_frozen: dict[str, bool] = {}
+        # (data_ptr, version) of each location parameter last found finite: checking reads the values
+        # (a device sync), so it runs only when they changed
+        self.loca_finite_stamp: dict[str, tuple[int, int]] = {}
+        self.loca_layer_name = ""
         self.loca_strategy = "auto"
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -98,6 +107,7 @@ class LoCALayer(BaseTunerLayer):
         **kwargs,
     ) -> None:
         d_out, d_in = self.out_features, self.in_features
+        self.loca_layer_name = layer_name or self.loca_layer_name
         where = f"layer '{layer_name}' ({d_out}x{d_in})" if layer_name else f"a {d_out}x{d_in} layer"
         if isinstance(n_frequency, bool) or not isinstance(n_frequency, int) or n_frequency < 1:
             raise ValueError(f"n_frequency must be an integer >= 1 for {where}, got {n_frequency!r}")
@@ -142,7 +152,17 @@ class LoCALayer(BaseTunerLayer):
         """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses."""
         if self.loca_frozen[adapter_name]:
             return self.loca_fixed_locations[adapter_name]
-        return locations_to_indices(self.loca_locations[adapter_name], self.out_features, self.in_features)
+        points = self.loca_locations[adapter_name]
+        stamp = (points.data_ptr(), points._version)
+        if self.loca_finite_stamp.get(adapter_name) != stamp:
+            if not torch.isfinite(points).all():
+                layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
+                raise NonFiniteLocationsError(
+                    f"LoCA adapter '{adapter_name}' of {layer} ({self.out_features}x{self.in_features}) has NaN or "
+                    "Inf locations; the adapter is broken (a diverged training step?)"
+                )
+            self.loca_finite_stamp[adapter_name] = stamp
+        return locations_to_indices(points, self.out_features, self.in_features)
 
     def locations_frozen(self, adapter_name: str) -> bool:
         return self.loca_frozen[adapter_name]
@@ -255,8 +275,9 @@ class Linear(nn.Module, LoCALayer):
 
     def train(self, mode: bool = True):
         # The inference cache tracks tensor version counters, which writes through `.data` (e.g. an EMA
-        # `copy_to`) bypass; switching modes always starts from a fresh cache.
+        # `copy_to`) bypass; switching modes always starts from a fresh cache (and fresh finiteness checks).
         self._weight_cache = None
+        self.loca_finite_stamp.clear()
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):
@@ -301,14 +322,17 @@ class Linear(nn.Module, LoCALayer):
         for name in adapter_names:
             if name not in self.loca_coefficients:
                 continue
-            delta = self.get_delta_weight(name)
+            broken = ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+            try:
+                delta = self.get_delta_weight(name)
+            except NonFiniteLocationsError as error:
+                if safe_merge:  # PEFT's message for a broken adapter
+                    raise broken from error
+                raise
             if safe_merge:
                 merged = base.weight.data.float() + delta.float()
                 if not torch.isfinite(merged).all():
-                    raise ValueError(
-                        f"NaNs or Infs in the merged weights of LoCA adapter '{name}' "
-                        f"({self.out_features}x{self.in_features} layer); the adapter seems broken"
-                    )
+                    raise broken
                 base.weight.data = merged.to(base.weight.dtype)
             else:
                 base.weight.data += delta
