@@ -452,6 +452,30 @@ def test_init_weights_true_is_identity(spec):
     assert_close(run(model, spec).detach(), base, atol=1e-6)
 
 
+def test_random_coefficients_follow_torch_rng_and_locations_the_seed():
+    # like other PEFT methods, init_weights=False draws from torch's RNG (two adapters differ,
+    # torch.manual_seed reproduces them); the locations come from random_loc_seed and the layer name
+    spec = SPECS["mlp"]
+    bases = [spec.base() for _ in range(3)]
+    config = spec.config(init_weights=False)
+    torch.manual_seed(1)
+    first = get_peft_model(bases[0], copy.deepcopy(config))
+    second = get_peft_model(bases[1], copy.deepcopy(config))
+    first.add_adapter("twin", copy.deepcopy(config))
+    torch.manual_seed(1)
+    again = get_peft_model(bases[2], copy.deepcopy(config))
+    for name, layer in loca_layers(first).items():
+        coefficients = layer.loca_coefficients["default"]
+        assert coefficients.std() > 0.03  # random, not zeros
+        others = [loca_layers(second)[name], loca_layers(again)[name]]
+        assert not torch.equal(coefficients, others[0].loca_coefficients["default"])
+        assert not torch.equal(coefficients, layer.loca_coefficients["twin"])
+        assert torch.equal(coefficients, others[1].loca_coefficients["default"])
+        for other in others:
+            assert torch.equal(integer_locations(other, "default"), integer_locations(layer, "default"))
+        assert torch.equal(integer_locations(layer, "twin"), integer_locations(layer, "default"))
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3. save / load
 
@@ -1114,6 +1138,7 @@ def test_file_without_shape_entries_still_loads(tmp_path):
 
 
 def _edit_saved_locations(tmp_path, edit):
+    """Save an adapter and apply ``edit`` to lin0's saved locations; returns (spec, dir, saved model)."""
     spec = SPECS["mlp"]
     model = peft(spec, init_weights=False)
     model.save_pretrained(tmp_path)
@@ -1122,7 +1147,7 @@ def _edit_saved_locations(tmp_path, edit):
     key = f"{PEFT_PREFIX}lin0.loca_locations"
     sd[key] = edit(sd[key])
     save_file(sd, path)
-    return spec, tmp_path
+    return spec, tmp_path, model
 
 
 def test_out_of_range_locations_raise(tmp_path):
@@ -1131,7 +1156,7 @@ def test_out_of_range_locations_raise(tmp_path):
         loc[0, 0] = 20  # lin0 is 20x10: rows 0..19
         return loc
 
-    spec, path = _edit_saved_locations(tmp_path, edit)
+    spec, path, _ = _edit_saved_locations(tmp_path, edit)
     with pytest.raises(ValueError, match="lin0.*out of range"):
         PeftModel.from_pretrained(spec.base(), path)
 
@@ -1142,28 +1167,25 @@ def test_negative_locations_raise(tmp_path):
         loc[1, 3] = -1
         return loc
 
-    spec, path = _edit_saved_locations(tmp_path, edit)
+    spec, path, _ = _edit_saved_locations(tmp_path, edit)
     with pytest.raises(ValueError, match="lin0"):
         PeftModel.from_pretrained(spec.base(), path)
 
 
 def test_float_non_integer_locations_raise(tmp_path):
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc.float() + 0.25)
+    spec, path, _ = _edit_saved_locations(tmp_path, lambda loc: loc.float() + 0.25)
     with pytest.raises(ValueError, match="lin0.*integer"):
         PeftModel.from_pretrained(spec.base(), path)
 
 
 def test_float_integer_valued_locations_load(tmp_path):
-    spec = SPECS["mlp"]
-    model = peft(spec, init_weights=False)
-    expected = run_eval(model, spec)
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc.float())
+    spec, path, saved = _edit_saved_locations(tmp_path, lambda loc: loc.float())
     loaded = PeftModel.from_pretrained(spec.base(), path)
-    assert torch.equal(run_eval(loaded, spec), expected)
+    assert torch.equal(run_eval(loaded, spec), run_eval(saved, spec))
 
 
 def test_wrong_location_shape_raises(tmp_path):
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc[:, :-1].contiguous())
+    spec, path, _ = _edit_saved_locations(tmp_path, lambda loc: loc[:, :-1].contiguous())
     with pytest.raises(ValueError, match="lin0"):
         PeftModel.from_pretrained(spec.base(), path)
 

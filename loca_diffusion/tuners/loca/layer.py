@@ -122,8 +122,8 @@ class LoCALayer(BaseTunerLayer):
         indices = torch.stack([flat // d_in, flat % d_in])
         if init_weights:
             coefficients = torch.zeros(n_frequency)
-        else:
-            coefficients = torch.randn(n_frequency, generator=generator) * 0.1
+        else:  # torch's RNG, as in other PEFT methods: reproducible with torch.manual_seed
+            coefficients = torch.randn(n_frequency) * 0.1
         device = self.get_base_layer().weight.device
         self.loca_coefficients[adapter_name] = nn.Parameter(coefficients.to(device))
         self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
