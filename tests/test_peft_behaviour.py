@@ -928,6 +928,52 @@ def test_half_precision_base(spec, dtype):
     assert all(p.dtype == dtype for p in merged.parameters())
 
 
+@pytest.mark.parametrize("autocast", [True, False])
+def test_autocast_adapter_dtype(autocast, tmp_path):
+    # PEFT's rule (the same for LoRA, checked here): adapter weights in float32 by default, in the
+    # base layer's dtype with autocast_adapter_dtype=False. LoCA applies it to the coefficients; the
+    # [0, 1]-scaled locations stay float32 (bfloat16 cannot represent i / (d - 1)).
+    from peft import LoraConfig
+
+    dtype = torch.bfloat16
+    expected_dtype = torch.float32 if autocast else dtype
+    spec = SPECS["mlp"]
+    lora = get_peft_model(
+        spec.base().to(dtype), LoraConfig(target_modules=["lin0", "lin1"]), autocast_adapter_dtype=autocast
+    )
+    assert lora.base_model.model.lin0.lora_A["default"].weight.dtype == expected_dtype
+
+    model = get_peft_model(spec.base().to(dtype), spec.config(init_weights=False), autocast_adapter_dtype=autocast)
+    model.add_adapter("other", spec.config(init_weights=False), autocast_adapter_dtype=autocast)
+    layers = loca_layers(model)
+    for layer in layers.values():
+        for name in ("default", "other"):
+            assert layer.loca_coefficients[name].dtype == expected_dtype
+            assert layer.loca_coefficients[name].requires_grad == (name == "default")
+            assert layer.loca_locations[name].dtype == torch.float32
+    out = run_eval(model, spec, dtype=dtype)
+    assert out.dtype == dtype
+    assert_close(out, reference_output(spec, [(adapter_state(model), 1.0)]), atol=0.05, rtol=0.05)
+
+    # a training step in that dtype
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    run(model, spec, dtype=dtype).float().pow(2).mean().backward()
+    for layer in layers.values():
+        grad = layer.loca_coefficients["default"].grad
+        assert grad.dtype == expected_dtype and torch.isfinite(grad).all() and grad.abs().max() > 0
+    before = {n: layer.loca_coefficients["default"].detach().clone() for n, layer in layers.items()}
+    optimizer.step()
+    assert all(not torch.equal(before[n], layer.loca_coefficients["default"]) for n, layer in layers.items())
+
+    # reloading follows the same rule, and the locations come back exactly
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(spec.base().to(dtype), tmp_path, autocast_adapter_dtype=autocast)
+    for name, layer in loca_layers(loaded).items():
+        assert layer.loca_coefficients["default"].dtype == expected_dtype
+        assert torch.equal(layer.get_locations("default"), integer_locations(layers[name], "default"))
+
+
 @pytest.mark.parametrize("cast", ["to", "half"])
 def test_casting_after_injection_keeps_locations(cast):
     # `model.to(torch.bfloat16)` after adding the adapter (as diffusers training scripts may do)

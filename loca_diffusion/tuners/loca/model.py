@@ -67,6 +67,23 @@ class LoCAModel(BaseTuner):
             for name in new_module.loca_coefficients:
                 new_module._move_adapter_to_device_of_base_layer(name)
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's dtype rule, for the coefficients: float32 by default, the base layer's float dtype with
+        ``autocast_adapter_dtype=False``. The ``[0, 1]``-scaled locations always stay float32 (half
+        precision cannot represent ``i / (d - 1)`` for real layer sizes)."""
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+            return
+        for _, module in _loca_layers(self.model):
+            coefficients = module.loca_coefficients.get(adapter_name)
+            dtype = module.get_base_layer().weight.dtype
+            if coefficients is None or not dtype.is_floating_point or coefficients.dtype == dtype:
+                continue
+            module.loca_coefficients[adapter_name] = nn.Parameter(
+                coefficients.detach().to(dtype), requires_grad=coefficients.requires_grad
+            )
+            module._weight_cache = None
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
         # PeftModel.forward drops `adapter_names` before calling the model: without this check a
