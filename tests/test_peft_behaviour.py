@@ -406,6 +406,24 @@ def test_attributes(spec):
     assert trainable and all(".loca_coefficients." in n or ".loca_locations." in n for n in trainable)
 
 
+def test_forward_uses_the_nearest_grid_point_of_each_location():
+    # continuous locations between grid points: the output is that of the nearest integer locations
+    spec = SPECS["mlp"]
+    model = peft(spec, init_weights=False)
+    layer = loca_layers(model)["lin0"]  # 20 x 10
+    rows = torch.tensor([0.6, 3.4, 7.6, 12.4, 18.6, 5.6, 9.4, 15.6], dtype=torch.float64)
+    cols = torch.tensor([8.6, 0.4, 2.6, 5.4, 1.6, 6.6, 3.4, 7.4], dtype=torch.float64)
+    with torch.no_grad():
+        layer.loca_locations["default"].copy_(torch.stack([rows / 19, cols / 9]))
+    nearest = torch.stack([(rows + 0.5).floor(), (cols + 0.5).floor()]).long()
+    state = adapter_state(model)
+    state["lin0"] = (state["lin0"][0], nearest, state["lin0"][2])
+    ref = reference_output(spec, [(state, 1.0)])
+    assert_close(run_eval(model, spec), ref)
+    model.train()
+    assert_close(run(model, spec).detach(), ref)
+
+
 def test_forward_matches_dense_reference(spec):
     model = peft(spec, init_weights=False)
     ref = reference_output(spec, [(adapter_state(model), 1.0)])
