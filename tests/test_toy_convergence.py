@@ -152,6 +152,8 @@ def test_small_benchmark_pipeline():
         assert summary[variant]["final_loss_median"] == pytest.approx(sum(r["final_loss"] for r in runs) / 2)
     beats = [r["runs"]["learned"]["final_loss"] < r["runs"]["fixed"]["final_loss"] for r in records]
     assert summary["learned_beats_fixed_fraction"] == sum(beats) / 2
+    unmoved = [sorted(r["runs"]["learned"]["final_locations"]) == sorted(r["runs"]["learned"]["init_locations"]) for r in records]
+    assert summary["learned_unmoved_fraction"] == sum(unmoved) / 2
     md = to_markdown(records, summary, cfg, {"platform": "p", "cpu": "c", "python": "3", "torch": "t",
                                              "date": "d", "workers": 1, "png": "x.png"}, "cmd", 1.0, 0)
     for record in records:
