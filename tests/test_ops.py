@@ -84,6 +84,16 @@ def test_locations_round_trip_and_clamp():
     torch.testing.assert_close(locations_to_indices(wild, 10, 7), torch.tensor([[0, 9], [3, 6]]))
 
 
+def test_locations_round_to_the_nearest_index():
+    # a location is its nearest grid point: x.6 goes up, x.4 down, in both axes (floor or ceil would not)
+    d_out, d_in = 10, 7
+    rows = np.array([0.4, 2.6, 4.4, 8.6, 3.0])
+    cols = np.array([5.6, 0.4, 3.6, 1.4, 6.0])
+    points = torch.tensor(np.stack([rows / (d_out - 1), cols / (d_in - 1)]), dtype=torch.float32)
+    expected = torch.tensor([[0, 3, 4, 9, 3], [6, 0, 4, 1, 6]])
+    torch.testing.assert_close(locations_to_indices(points, d_out, d_in), expected)
+
+
 def _setup(d_out=9, d_in=7, b=12, tokens=(2, 5), seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     x = torch.randn(*tokens, d_in, dtype=dtype, requires_grad=True)

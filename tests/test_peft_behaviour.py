@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -265,8 +266,9 @@ def loca_layers(model: nn.Module) -> dict[str, LoCALayer]:
 
 def integer_locations(layer: LoCALayer, adapter: str) -> torch.Tensor:
     """The (row, col) integers the layer should use, derived from its raw state (not get_locations)."""
-    if adapter in layer.loca_fixed_locations:
-        return layer.loca_fixed_locations[adapter].clone()
+    fixed = layer.loca_fixed_locations[adapter]
+    if (fixed >= 0).all():  # frozen (all -1 while the locations are learned)
+        return fixed.clone()
     points = layer.loca_locations[adapter].detach().double()
     sizes = torch.tensor([[layer.out_features - 1], [layer.in_features - 1]], dtype=torch.float64)
     return torch.round(points * sizes).long()
@@ -404,6 +406,24 @@ def test_attributes(spec):
     assert trainable and all(".loca_coefficients." in n or ".loca_locations." in n for n in trainable)
 
 
+def test_forward_uses_the_nearest_grid_point_of_each_location():
+    # continuous locations between grid points: the output is that of the nearest integer locations
+    spec = SPECS["mlp"]
+    model = peft(spec, init_weights=False)
+    layer = loca_layers(model)["lin0"]  # 20 x 10
+    rows = torch.tensor([0.6, 3.4, 7.6, 12.4, 18.6, 5.6, 9.4, 15.6], dtype=torch.float64)
+    cols = torch.tensor([8.6, 0.4, 2.6, 5.4, 1.6, 6.6, 3.4, 7.4], dtype=torch.float64)
+    with torch.no_grad():
+        layer.loca_locations["default"].copy_(torch.stack([rows / 19, cols / 9]))
+    nearest = torch.stack([(rows + 0.5).floor(), (cols + 0.5).floor()]).long()
+    state = adapter_state(model)
+    state["lin0"] = (state["lin0"][0], nearest, state["lin0"][2])
+    ref = reference_output(spec, [(state, 1.0)])
+    assert_close(run_eval(model, spec), ref)
+    model.train()
+    assert_close(run(model, spec).detach(), ref)
+
+
 def test_forward_matches_dense_reference(spec):
     model = peft(spec, init_weights=False)
     ref = reference_output(spec, [(adapter_state(model), 1.0)])
@@ -448,6 +468,30 @@ def test_init_weights_true_is_identity(spec):
     assert torch.equal(run_eval(model, spec), base)
     model.train()
     assert_close(run(model, spec).detach(), base, atol=1e-6)
+
+
+def test_random_coefficients_follow_torch_rng_and_locations_the_seed():
+    # like other PEFT methods, init_weights=False draws from torch's RNG (two adapters differ,
+    # torch.manual_seed reproduces them); the locations come from random_loc_seed and the layer name
+    spec = SPECS["mlp"]
+    bases = [spec.base() for _ in range(3)]
+    config = spec.config(init_weights=False)
+    torch.manual_seed(1)
+    first = get_peft_model(bases[0], copy.deepcopy(config))
+    second = get_peft_model(bases[1], copy.deepcopy(config))
+    first.add_adapter("twin", copy.deepcopy(config))
+    torch.manual_seed(1)
+    again = get_peft_model(bases[2], copy.deepcopy(config))
+    for name, layer in loca_layers(first).items():
+        coefficients = layer.loca_coefficients["default"]
+        assert coefficients.std() > 0.03  # random, not zeros
+        others = [loca_layers(second)[name], loca_layers(again)[name]]
+        assert not torch.equal(coefficients, others[0].loca_coefficients["default"])
+        assert not torch.equal(coefficients, layer.loca_coefficients["twin"])
+        assert torch.equal(coefficients, others[1].loca_coefficients["default"])
+        for other in others:
+            assert torch.equal(integer_locations(other, "default"), integer_locations(layer, "default"))
+        assert torch.equal(integer_locations(layer, "twin"), integer_locations(layer, "default"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -509,13 +553,116 @@ def test_save_load_after_freezing_locations(tmp_path):
     spec = SPECS["mlp"]
     model = peft(spec, init_weights=False)
     for layer in loca_layers(model).values():
-        layer.freeze_locations("default", drop_parameter=True)
+        layer.freeze_locations("default")
     expected = run_eval(model, spec)
     model.save_pretrained(tmp_path)
     sd = load_file(tmp_path / "adapter_model.safetensors")
     assert not any("fixed" in k for k in sd)
     loaded = PeftModel.from_pretrained(spec.base(), tmp_path)
     assert torch.equal(run_eval(loaded, spec), expected)
+
+
+def _train_briefly(model, spec, steps, location_training_steps):
+    """A few AdamW steps of the alternating schedule (locations freeze at ``location_training_steps``)."""
+    model.train()
+    schedule = LoCASchedule(model, coefficient_steps=1, location_steps=1, location_training_steps=location_training_steps)
+    optimizer = torch.optim.AdamW(schedule.parameter_groups(lr=1e-2, location_lr=0.2))
+    for _ in range(steps):
+        run(model, spec).pow(2).mean().backward()
+        schedule.mask_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["fourierft", "loca", "loca_frozen"])
+def test_reloaded_adapter_keeps_the_state_dict_keys(method, tmp_path):
+    # PEFT's contract (FourierFT, LoRA, ...): one key set whatever the mode, so a reloaded adapter
+    # (inference_mode=True) takes the trained model's state dict strictly, and the other way round
+    from peft import FourierFTConfig
+
+    spec = SPECS["mlp"]
+    torch.manual_seed(0)
+    if method == "fourierft":
+        trained = get_peft_model(
+            spec.base(), FourierFTConfig(n_frequency=8, target_modules=["lin0", "lin1"], init_weights=False)
+        ).eval()
+    else:
+        # "loca" stops before T_s (locations still learned), "loca_frozen" crosses it
+        trained = _train_briefly(peft(spec), spec, steps=3, location_training_steps=10 if method == "loca" else 2)
+        frozen = method == "loca_frozen"
+        assert all(layer.locations_frozen("default") == frozen for layer in loca_layers(trained).values())
+    expected = run_eval(trained, spec)
+    trained.save_pretrained(tmp_path)
+
+    loaded = PeftModel.from_pretrained(spec.base(), tmp_path)
+    trainable = PeftModel.from_pretrained(spec.base(), tmp_path, is_trainable=True)
+    assert loaded.peft_config["default"].inference_mode
+    keys = set(trained.state_dict())
+    assert set(loaded.state_dict()) == keys
+    assert set(trainable.state_dict()) == keys
+    assert torch.equal(run_eval(loaded, spec), expected)
+
+    # the trained state loads strictly into the reloaded model and gives the trained output
+    fresh = PeftModel.from_pretrained(spec.base(), tmp_path)
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(run_eval(fresh, spec), expected)
+    # and back: the reloaded state loads strictly into a freshly built trainable model
+    rebuilt = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    rebuilt.load_state_dict(loaded.state_dict())
+    assert torch.equal(run_eval(rebuilt, spec), expected)
+    if method == "fourierft":
+        return
+    for layer in loca_layers(loaded).values():
+        # reloaded for inference: frozen locations, nothing trainable
+        assert layer.locations_frozen("default")
+        assert not layer.loca_locations["default"].requires_grad
+        assert not layer.loca_coefficients["default"].requires_grad
+    for layer in loca_layers(trainable).values():
+        assert not layer.locations_frozen("default") and layer.loca_locations["default"].requires_grad
+
+
+def test_state_dicts_of_the_earlier_layout_still_load_strictly():
+    # Before one key set, a learning model had no `loca_fixed_locations` and one loaded for inference
+    # no `loca_locations`: checkpoints of that layout must still load (strictly) with their meaning.
+    spec = SPECS["mlp"]
+    trained = _train_briefly(peft(spec), spec, steps=3, location_training_steps=10)
+    expected = run_eval(trained, spec)
+    state = trained.state_dict()
+    learning = {k: v for k, v in state.items() if "loca_fixed_locations" not in k}
+    model = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    model.load_state_dict(learning)
+    assert not any(layer.locations_frozen("default") for layer in loca_layers(model).values())
+    assert torch.equal(run_eval(model, spec), expected)
+
+    inference = {k: v for k, v in state.items() if "loca_locations" not in k}
+    for name, layer in loca_layers(trained).items():
+        inference[f"{PEFT_PREFIX}{name}.loca_fixed_locations.default"] = integer_locations(layer, "default")
+    model = get_peft_model(spec.base(), copy.deepcopy(trained.peft_config["default"]))
+    model.load_state_dict(inference)
+    for name, layer in loca_layers(model).items():
+        assert layer.locations_frozen("default")
+        assert torch.equal(layer.get_locations("default"), integer_locations(loca_layers(trained)[name], "default"))
+    assert torch.equal(run_eval(model, spec), expected)
+
+
+def test_frozen_locations_ignore_optimizer_moves():
+    # After the freeze the location parameter stays registered (DDP); whatever an optimizer then does
+    # to it (AdamW's momentum keeps moving it after its gradient is masked) must not move the locations.
+    spec = SPECS["mlp"]
+    model = _train_briefly(peft(spec), spec, steps=4, location_training_steps=2)
+    layers = loca_layers(model)
+    frozen = {n: integer_locations(layer, "default") for n, layer in layers.items()}
+    out = run_eval(model, spec)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.loca_locations["default"].copy_(1.0 - layer.loca_locations["default"])
+    for n, layer in layers.items():
+        assert layer.locations_frozen("default")
+        assert torch.equal(layer.get_locations("default"), frozen[n])
+    model.eval()
+    assert torch.equal(run_eval(model, spec), out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -648,16 +795,47 @@ def test_safe_merge(spec):
     assert_close(run_eval(merged, spec), unmerged, atol=1e-5)
 
 
+# PEFT's promise for a safe merge of a broken adapter (the same text in lora, vblora, ...)
+BROKEN_ADAPTER = re.escape("NaNs detected in the merged weights. The adapter default seems to be broken")
+
+
 def test_safe_merge_nan_raises(spec):
     model = peft(spec, init_weights=False)
     name, layer = next(iter(loca_layers(model).items()))
     w0 = layer.get_base_layer().weight.clone()
     with torch.no_grad():
         layer.loca_coefficients["default"][0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=BROKEN_ADAPTER):
         model.merge_adapter(safe_merge=True)
     assert torch.equal(layer.get_base_layer().weight, w0)
     assert not layer.merged
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_locations_raise_a_clear_error(value):
+    # e.g. after an optimizer step on NaN gradients: a ValueError naming the layer and the adapter,
+    # not an IndexError (NaN) or a silent move to the border (Inf)
+    spec = SPECS["mlp"]
+    model = peft(spec, init_weights=False)
+    layer = loca_layers(model)["lin1"]
+    run_eval(model, spec)  # a forward before the corruption must not hide it (cached checks)
+    with torch.no_grad():
+        layer.loca_locations["default"][1, 2] = value
+    clear = r"lin1.*'default'.*(NaN|Inf)|'default'.*lin1.*(NaN|Inf)"
+    with pytest.raises(ValueError, match=clear):
+        run_eval(model, spec)
+    model.train()
+    with pytest.raises(ValueError, match=clear):
+        run(model, spec)
+    with pytest.raises(ValueError, match=clear):
+        layer.get_delta_weight("default")
+
+    w0 = layer.get_base_layer().weight.clone()
+    with pytest.raises(ValueError, match=BROKEN_ADAPTER):
+        model.merge_adapter(safe_merge=True)
+    with pytest.raises(ValueError, match=clear):
+        model.merge_adapter()
+    assert not layer.merged and torch.equal(layer.get_base_layer().weight, w0)
 
 
 def test_merge_with_scale_and_two_adapters():
@@ -766,6 +944,52 @@ def test_half_precision_base(spec, dtype):
     # merging keeps the base dtype
     merged = model.merge_and_unload()
     assert all(p.dtype == dtype for p in merged.parameters())
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_autocast_adapter_dtype(autocast, tmp_path):
+    # PEFT's rule (the same for LoRA, checked here): adapter weights in float32 by default, in the
+    # base layer's dtype with autocast_adapter_dtype=False. LoCA applies it to the coefficients; the
+    # [0, 1]-scaled locations stay float32 (bfloat16 cannot represent i / (d - 1)).
+    from peft import LoraConfig
+
+    dtype = torch.bfloat16
+    expected_dtype = torch.float32 if autocast else dtype
+    spec = SPECS["mlp"]
+    lora = get_peft_model(
+        spec.base().to(dtype), LoraConfig(target_modules=["lin0", "lin1"]), autocast_adapter_dtype=autocast
+    )
+    assert lora.base_model.model.lin0.lora_A["default"].weight.dtype == expected_dtype
+
+    model = get_peft_model(spec.base().to(dtype), spec.config(init_weights=False), autocast_adapter_dtype=autocast)
+    model.add_adapter("other", spec.config(init_weights=False), autocast_adapter_dtype=autocast)
+    layers = loca_layers(model)
+    for layer in layers.values():
+        for name in ("default", "other"):
+            assert layer.loca_coefficients[name].dtype == expected_dtype
+            assert layer.loca_coefficients[name].requires_grad == (name == "default")
+            assert layer.loca_locations[name].dtype == torch.float32
+    out = run_eval(model, spec, dtype=dtype)
+    assert out.dtype == dtype
+    assert_close(out, reference_output(spec, [(adapter_state(model), 1.0)]), atol=0.05, rtol=0.05)
+
+    # a training step in that dtype
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    run(model, spec, dtype=dtype).float().pow(2).mean().backward()
+    for layer in layers.values():
+        grad = layer.loca_coefficients["default"].grad
+        assert grad.dtype == expected_dtype and torch.isfinite(grad).all() and grad.abs().max() > 0
+    before = {n: layer.loca_coefficients["default"].detach().clone() for n, layer in layers.items()}
+    optimizer.step()
+    assert all(not torch.equal(before[n], layer.loca_coefficients["default"]) for n, layer in layers.items())
+
+    # reloading follows the same rule, and the locations come back exactly
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(spec.base().to(dtype), tmp_path, autocast_adapter_dtype=autocast)
+    for name, layer in loca_layers(loaded).items():
+        assert layer.loca_coefficients["default"].dtype == expected_dtype
+        assert torch.equal(layer.get_locations("default"), integer_locations(layers[name], "default"))
 
 
 @pytest.mark.parametrize("cast", ["to", "half"])
@@ -978,6 +1202,7 @@ def test_file_without_shape_entries_still_loads(tmp_path):
 
 
 def _edit_saved_locations(tmp_path, edit):
+    """Save an adapter and apply ``edit`` to lin0's saved locations; returns (spec, dir, saved model)."""
     spec = SPECS["mlp"]
     model = peft(spec, init_weights=False)
     model.save_pretrained(tmp_path)
@@ -986,7 +1211,7 @@ def _edit_saved_locations(tmp_path, edit):
     key = f"{PEFT_PREFIX}lin0.loca_locations"
     sd[key] = edit(sd[key])
     save_file(sd, path)
-    return spec, tmp_path
+    return spec, tmp_path, model
 
 
 def test_out_of_range_locations_raise(tmp_path):
@@ -995,7 +1220,7 @@ def test_out_of_range_locations_raise(tmp_path):
         loc[0, 0] = 20  # lin0 is 20x10: rows 0..19
         return loc
 
-    spec, path = _edit_saved_locations(tmp_path, edit)
+    spec, path, _ = _edit_saved_locations(tmp_path, edit)
     with pytest.raises(ValueError, match="lin0.*out of range"):
         PeftModel.from_pretrained(spec.base(), path)
 
@@ -1006,28 +1231,25 @@ def test_negative_locations_raise(tmp_path):
         loc[1, 3] = -1
         return loc
 
-    spec, path = _edit_saved_locations(tmp_path, edit)
+    spec, path, _ = _edit_saved_locations(tmp_path, edit)
     with pytest.raises(ValueError, match="lin0"):
         PeftModel.from_pretrained(spec.base(), path)
 
 
 def test_float_non_integer_locations_raise(tmp_path):
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc.float() + 0.25)
+    spec, path, _ = _edit_saved_locations(tmp_path, lambda loc: loc.float() + 0.25)
     with pytest.raises(ValueError, match="lin0.*integer"):
         PeftModel.from_pretrained(spec.base(), path)
 
 
 def test_float_integer_valued_locations_load(tmp_path):
-    spec = SPECS["mlp"]
-    model = peft(spec, init_weights=False)
-    expected = run_eval(model, spec)
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc.float())
+    spec, path, saved = _edit_saved_locations(tmp_path, lambda loc: loc.float())
     loaded = PeftModel.from_pretrained(spec.base(), path)
-    assert torch.equal(run_eval(loaded, spec), expected)
+    assert torch.equal(run_eval(loaded, spec), run_eval(saved, spec))
 
 
 def test_wrong_location_shape_raises(tmp_path):
-    spec, path = _edit_saved_locations(tmp_path, lambda loc: loc[:, :-1].contiguous())
+    spec, path, _ = _edit_saved_locations(tmp_path, lambda loc: loc[:, :-1].contiguous())
     with pytest.raises(ValueError, match="lin0"):
         PeftModel.from_pretrained(spec.base(), path)
 

@@ -94,17 +94,94 @@ def test_which_parameters_change_in_which_step(optimizer_cls):
         assert layer.loca_fixed_locations["default"].dtype == torch.int64
 
 
+def _loss(model, x, y) -> float:
+    with torch.no_grad():
+        return ((model(x) - y) ** 2).mean().item()
+
+
+def brute_force_location_descent(model, x, y) -> dict:
+    """-d loss / d location (``[0, 1]`` scale) per layer, by moving each coefficient one index each way."""
+    out = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoCALayer):
+            continue
+        points = layer.loca_locations["default"]
+        start = points.detach().clone()
+        indices = layer.get_locations("default").clone()
+        grad = torch.zeros(indices.shape, dtype=torch.float64)
+        for axis, n in ((0, layer.out_features), (1, layer.in_features)):
+            for b in range(indices.shape[1]):
+                hi, lo = min(int(indices[axis, b]) + 1, n - 1), max(int(indices[axis, b]) - 1, 0)
+                losses = []
+                for moved_to in (hi, lo):
+                    moved = indices.clone()
+                    moved[axis, b] = moved_to
+                    with torch.no_grad():
+                        points.copy_(moved.double() / torch.tensor([[layer.out_features - 1], [layer.in_features - 1]]))
+                    losses.append(_loss(model, x, y))
+                grad[axis, b] = (losses[0] - losses[1]) / (hi - lo) * (n - 1)
+        with torch.no_grad():
+            points.copy_(start)
+        out[name] = -grad
+    return out
+
+
 def test_location_steps_move_locations_in_the_descent_direction():
     torch.manual_seed(0)
     model = make(seed=3, n_frequency=4)
     s = LoCASchedule(model, coefficient_steps=1, location_steps=50, location_training_steps=51)
     opt = torch.optim.SGD(s.parameter_groups(lr=0.1, location_lr=0.05))
     x, y = DATA
-    train_step(model, s, opt, x, y)  # one coefficient step
-    start = ((model(x) - y) ** 2).mean().item()
-    for _ in range(50):
+    train_step(model, s, opt, x, y)  # one coefficient step: non-zero coefficients, so locations matter
+    assert s.phase() == "locations"
+    start_loss = _loss(model, x, y)
+    start_indices = {n: m.get_locations("default").clone() for n, m in model.named_modules() if isinstance(m, LoCALayer)}
+    start_points = snapshot(model)[1]
+    descent = brute_force_location_descent(model, x, y)
+    # one SGD location step moves the continuous locations along the brute-force descent direction
+    train_step(model, s, opt, x, y)
+    moves = snapshot(model)[1]
+    for name, direction in descent.items():
+        move = (moves[f"{name}.loca_locations.default"] - start_points[f"{name}.loca_locations.default"]).double()
+        cosine = torch.nn.functional.cosine_similarity(move.flatten(), direction.flatten(), dim=0)
+        assert cosine > 0.9, (name, cosine)
+    # and the location phase lowers the loss by moving integer locations
+    for _ in range(49):
         train_step(model, s, opt, x, y)
-    assert ((model(x) - y) ** 2).mean().item() <= start
+    assert _loss(model, x, y) < 0.99 * start_loss
+    moved = [not torch.equal(m.get_locations("default"), start_indices[n]) for n, m in model.named_modules() if isinstance(m, LoCALayer)]
+    assert any(moved)
+
+
+def test_location_steps_keep_the_locations_in_the_unit_interval():
+    # a large location step overshoots the grid; the parameter is put back on its border (0 or 1) so
+    # that the next step in the other direction moves the location at once (a parameter left at
+    # e.g. 7.0 would round to the border for many steps while it walks back)
+    model = make(n_frequency=10)
+    s = LoCASchedule(model, coefficient_steps=1, location_steps=1, location_training_steps=10)
+    opt = torch.optim.SGD(s.parameter_groups(lr=0.1, location_lr=1e3))
+    x, y = DATA
+    train_step(model, s, opt, x, y)  # coefficients
+    before = snapshot(model)[1]
+    grads = {}
+    ((model(x) - y) ** 2).mean().backward()
+    for name, p in model.named_parameters():
+        if "loca_locations" in name:
+            grads[name] = p.grad.clone()
+    s.mask_gradients()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    s.step()
+    overshoots = 0
+    for name, p in model.named_parameters():
+        if "loca_locations" not in name:
+            continue
+        unclamped = before[name] - 1e3 * grads[name]
+        outside = (unclamped < 0) | (unclamped > 1)
+        overshoots += int(outside.sum())
+        torch.testing.assert_close(p.detach(), unclamped.clamp(0, 1))
+        assert p.min() >= 0 and p.max() <= 1
+    assert overshoots > 0  # the step did leave the interval: the test exercises the clamp
 
 
 def test_location_grads_are_skipped_in_coefficient_phase():

@@ -44,9 +44,57 @@ def test_lora_matches_discarded_singular_values(W, errors):
     )
 
 
-def test_errors_in_unit_interval(errors):
+def _explicit_dct_matrix(n):
+    k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    c[0] /= np.sqrt(2.0)
+    return c
+
+
+def _mirror_orbits(F):
+    """Energies of the bins of a real matrix's spectrum ``F`` (n x n), one entry per mirror orbit ``{(i, j),
+    (-i, -j)}``: ``(orbit energy, energy of its real part, energy of its imaginary part, self-conjugate)``."""
+    n = F.shape[0]
+    seen, orbits = set(), []
+    for i in range(n):
+        for j in range(n):
+            mirror = ((-i) % n, (-j) % n)
+            if (i, j) in seen:
+                continue
+            seen.update({(i, j), mirror})
+            weight = 1.0 if mirror == (i, j) else 2.0
+            value = F[i, j]
+            orbits.append((weight * abs(value) ** 2, weight * value.real**2, weight * value.imag**2, weight == 1.0))
+    return orbits
+
+
+def test_errors_in_unit_interval(errors, W):
+    """Each error against the optimum of its projection, computed here from the full spectra: a wrong projection
+    (other coefficients, a lost mirror half, a non-orthonormal transform) misses it, even inside [0, 1]."""
     for key, err in errors.items():
         assert np.all(err >= -1e-12) and np.all(err <= 1 + 1e-12), key
+    c = _explicit_dct_matrix(N)
+    for sample, w in enumerate(W):
+        total = (w**2).sum()
+        dct_energy = np.sort(((c @ w @ c.T) ** 2).ravel())[::-1]
+        singular = np.linalg.svd(w, compute_uv=False) ** 2
+        orbits = _mirror_orbits(np.fft.fft2(w, norm="ortho"))
+        assert len(orbits) == N * N // 2 + 2
+        by_location = np.sort([o[0] for o in orbits])[::-1]
+        coordinates = np.sort([e for o in orbits for e in ((o[1],) if o[3] else (o[1], o[2]))])[::-1]
+        for r in RANKS:
+            expected = {
+                "lora": 1 - singular[:r].sum() / total,
+                "dct_topk": 1 - dct_energy[: r * N].sum() / total,
+                "fourier_topk_locations": 1 - by_location[: 2 * r * N // 3].sum() / total,
+                "fourier_topk_coefficients": 1 - coordinates[: r * N].sum() / total,
+            }
+            for method, value in expected.items():
+                np.testing.assert_allclose(errors[(method, r)][sample], value, rtol=1e-9, err_msg=f"{method} r={r}")
+    # random locations keep k of the N^2/2 + 2 orbits: on average the fraction k / (N^2/2 + 2) of the energy
+    for r in RANKS:
+        expected = 1 - r * N / (N * N // 2 + 2)
+        assert abs(errors[("fourier_random", r)].mean() - expected) < 0.05, (r, errors[("fourier_random", r)].mean())
 
 
 def test_errors_decrease_with_rank(errors):

@@ -46,7 +46,11 @@ class LoCAConfig(PeftConfig):
         default=False, metadata={"help": "True when the weight is stored (in, out), as in GPT-2's Conv1D."}
     )
     init_weights: bool = field(
-        default=True, metadata={"help": "Zero coefficients (the adapter starts as the identity); False: random, for tests."}
+        default=True,
+        metadata={
+            "help": "Zero coefficients (the adapter starts as the identity); False: random N(0, 0.1^2) from torch's "
+            "RNG (torch.manual_seed reproduces them), for tests."
+        },
     )
     strategy: str = field(
         default="auto", metadata={"help": "Computation: auto (by cost), weight, hybrid or activation."}

@@ -23,16 +23,27 @@ from .ops import (
     loca_linear,
 )
 
+# value of every entry of `loca_fixed_locations[name]` while the locations are learned (not frozen)
+NOT_FROZEN = -1
+
+
+class NonFiniteLocationsError(ValueError):
+    """A location parameter holds NaN or Inf (e.g. after an optimizer step on NaN gradients)."""
+
 
 class LoCALayer(BaseTunerLayer):
     """State of the LoCA adapters of one layer, by adapter name.
 
     * ``loca_coefficients[name]``: float32 ``nn.Parameter`` of shape ``[B]``;
     * ``loca_locations[name]``: float32 ``nn.Parameter`` of shape ``[2, B]`` holding the continuous
-      ``(row, col)`` locations scaled to ``[0, 1]`` while they are learned;
-    * ``loca_fixed_locations[name]``: integer buffer ``[2, B]``, present once the locations are frozen
-      (after :meth:`freeze_locations`, or for adapters loaded for inference). It then wins over the
-      continuous parameter, which may stay registered so that DDP keeps receiving (zero) gradients.
+      ``(row, col)`` locations scaled to ``[0, 1]``;
+    * ``loca_fixed_locations[name]``: int64 buffer ``[2, B]``: the frozen integer locations (after
+      :meth:`freeze_locations`, or for adapters loaded for inference), or all ``NOT_FROZEN`` (-1) while
+      the locations are learned. Once frozen it wins over the continuous parameter, which stays registered so that
+      DDP keeps receiving (zero) gradients and whatever an optimizer does to it has no effect.
+
+    All three exist in every mode, so the state-dict keys are the same for a model in training, a
+    frozen one and one loaded for inference (PEFT's contract: one loads strictly into the other).
     """
 
     adapter_layer_names = ("loca_coefficients", "loca_locations")
@@ -43,6 +54,8 @@ class LoCALayer(BaseTunerLayer):
         "loca_location_grad",
         "loca_multiplier",
         "loca_learn_locations",
+        "loca_frozen",
+        "loca_finite_stamp",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
@@ -57,6 +70,13 @@ class LoCALayer(BaseTunerLayer):
         # whether the current step wants location gradients (the schedule turns it off in coefficient
         # phases, which skips their computation)
         self.loca_learn_locations: dict[str, bool] = {}
+        # mirror of "loca_fixed_locations[name] holds locations", so that no forward reads the buffer
+        # (a device sync); kept in step by freeze_locations and state-dict loading
+        self.loca_frozen: dict[str, bool] = {}
+        # (data_ptr, version) of each location parameter last found finite: checking reads the values
+        # (a device sync), so it runs only when they changed
+        self.loca_finite_stamp: dict[str, tuple[int, int]] = {}
+        self.loca_layer_name = ""
         self.loca_strategy = "auto"
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -87,6 +107,7 @@ class LoCALayer(BaseTunerLayer):
         **kwargs,
     ) -> None:
         d_out, d_in = self.out_features, self.in_features
+        self.loca_layer_name = layer_name or self.loca_layer_name
         where = f"layer '{layer_name}' ({d_out}x{d_in})" if layer_name else f"a {d_out}x{d_in} layer"
         if isinstance(n_frequency, bool) or not isinstance(n_frequency, int) or n_frequency < 1:
             raise ValueError(f"n_frequency must be an integer >= 1 for {where}, got {n_frequency!r}")
@@ -101,14 +122,14 @@ class LoCALayer(BaseTunerLayer):
         indices = torch.stack([flat // d_in, flat % d_in])
         if init_weights:
             coefficients = torch.zeros(n_frequency)
-        else:
-            coefficients = torch.randn(n_frequency, generator=generator) * 0.1
+        else:  # torch's RNG, as in other PEFT methods: reproducible with torch.manual_seed
+            coefficients = torch.randn(n_frequency) * 0.1
         device = self.get_base_layer().weight.device
         self.loca_coefficients[adapter_name] = nn.Parameter(coefficients.to(device))
-        if inference_mode:
-            self.loca_fixed_locations[adapter_name] = indices.to(device)
-        else:
-            self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
+        self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
+        # adapters created for inference (e.g. by PeftModel.from_pretrained) start frozen
+        self.loca_fixed_locations[adapter_name] = (indices if inference_mode else torch.full_like(indices, NOT_FROZEN)).to(device)
+        self.loca_frozen[adapter_name] = bool(inference_mode)
         self.loca_n_frequency[adapter_name] = n_frequency
         self.loca_scaling[adapter_name] = float(scaling)
         self.loca_location_grad[adapter_name] = location_grad
@@ -129,36 +150,54 @@ class LoCALayer(BaseTunerLayer):
 
     def get_locations(self, adapter_name: str) -> torch.Tensor:
         """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses."""
-        if adapter_name in self.loca_fixed_locations:
+        if self.loca_frozen[adapter_name]:
             return self.loca_fixed_locations[adapter_name]
-        return locations_to_indices(self.loca_locations[adapter_name], self.out_features, self.in_features)
+        points = self.loca_locations[adapter_name]
+        stamp = (points.data_ptr(), points._version)
+        if self.loca_finite_stamp.get(adapter_name) != stamp:
+            if not torch.isfinite(points).all():
+                layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
+                raise NonFiniteLocationsError(
+                    f"LoCA adapter '{adapter_name}' of {layer} ({self.out_features}x{self.in_features}) has NaN or "
+                    "Inf locations; the adapter is broken (a diverged training step?)"
+                )
+            self.loca_finite_stamp[adapter_name] = stamp
+        return locations_to_indices(points, self.out_features, self.in_features)
 
     def locations_frozen(self, adapter_name: str) -> bool:
-        return adapter_name in self.loca_fixed_locations
+        return self.loca_frozen[adapter_name]
 
-    def freeze_locations(self, adapter_name: str, drop_parameter: bool = False) -> None:
+    def freeze_locations(self, adapter_name: str) -> None:
         """Freeze the locations at their current rounded values, stored as integers from now on.
 
-        ``drop_parameter=True`` also removes the continuous parameter. Leave it False while a
-        DistributedDataParallel wrapper holds the model: DDP expects every registered parameter to
-        keep receiving gradients (the frozen one receives zeros).
+        The continuous parameter stays registered (a DistributedDataParallel wrapper expects every
+        registered parameter to keep receiving gradients; the frozen one receives zeros) but no longer
+        has any effect.
         """
-        if adapter_name not in self.loca_fixed_locations:
-            self.loca_fixed_locations[adapter_name] = self.get_locations(adapter_name).clone()
-        if drop_parameter and adapter_name in self.loca_locations:
-            del self.loca_locations[adapter_name]
+        if not self.loca_frozen[adapter_name]:
+            with torch.no_grad():
+                self.loca_fixed_locations[adapter_name].copy_(self.get_locations(adapter_name))
+            self.loca_frozen[adapter_name] = True
         self._weight_cache = None
 
-    def _create_frozen_buffers_for_load(self, state_dict, prefix) -> None:
-        # A checkpoint of a model whose locations were frozen holds `loca_fixed_locations.<name>`;
-        # create the buffer first so that the frozen state comes back with it.
-        key_prefix = f"{prefix}loca_fixed_locations."
-        for key, value in state_dict.items():
-            if key.startswith(key_prefix):
-                name = key[len(key_prefix) :]
-                if name in self.loca_coefficients and name not in self.loca_fixed_locations:
-                    self.loca_fixed_locations[name] = torch.zeros_like(value, device=self.loca_coefficients[name].device)
+    def _prepare_state_dict_for_load(self, state_dict, prefix) -> None:
+        """Complete checkpoints written before every mode had the same keys, then load as usual.
+
+        Older checkpoints hold ``loca_fixed_locations`` only once frozen, and adapters loaded for
+        inference had no ``loca_locations``; the missing entry follows from the other one.
+        """
+        for name in self.loca_coefficients:
+            fixed_key, points_key = f"{prefix}loca_fixed_locations.{name}", f"{prefix}loca_locations.{name}"
+            if points_key in state_dict and fixed_key not in state_dict:
+                state_dict[fixed_key] = torch.full_like(self.loca_fixed_locations[name], NOT_FROZEN)
+            elif fixed_key in state_dict and points_key not in state_dict:
+                state_dict[points_key] = indices_to_locations(state_dict[fixed_key], self.out_features, self.in_features)
         self._weight_cache = None
+
+    def _sync_frozen_flags(self) -> None:
+        """After a state-dict load: the buffers say which adapters are frozen."""
+        for name, fixed in self.loca_fixed_locations.items():
+            self.loca_frozen[name] = fixed.device.type != "meta" and bool((fixed != NOT_FROZEN).all())
 
     @property
     def r(self) -> dict[str, int]:
@@ -213,6 +252,8 @@ class Linear(nn.Module, LoCALayer):
     ) -> None:
         super().__init__()
         LoCALayer.__init__(self, base_layer, **kwargs)
+        # the buffers are loaded by the child BufferDict, after this module's own _load_from_state_dict
+        self.register_load_state_dict_post_hook(_sync_frozen_flags_after_load)
         self.fan_in_fan_out = fan_in_fan_out
         self.loca_strategy = strategy
         self._active_adapter = adapter_name
@@ -229,13 +270,14 @@ class Linear(nn.Module, LoCALayer):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # defined here, not on the mixin: nn.Module precedes LoCALayer in this class's MRO
-        self._create_frozen_buffers_for_load(state_dict, prefix)
+        self._prepare_state_dict_for_load(state_dict, prefix)
         return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True):
         # The inference cache tracks tensor version counters, which writes through `.data` (e.g. an EMA
-        # `copy_to`) bypass; switching modes always starts from a fresh cache.
+        # `copy_to`) bypass; switching modes always starts from a fresh cache (and fresh finiteness checks).
         self._weight_cache = None
+        self.loca_finite_stamp.clear()
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):
@@ -280,14 +322,17 @@ class Linear(nn.Module, LoCALayer):
         for name in adapter_names:
             if name not in self.loca_coefficients:
                 continue
-            delta = self.get_delta_weight(name)
+            broken = ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+            try:
+                delta = self.get_delta_weight(name)
+            except NonFiniteLocationsError as error:
+                if safe_merge:  # PEFT's message for a broken adapter
+                    raise broken from error
+                raise
             if safe_merge:
                 merged = base.weight.data.float() + delta.float()
                 if not torch.isfinite(merged).all():
-                    raise ValueError(
-                        f"NaNs or Infs in the merged weights of LoCA adapter '{name}' "
-                        f"({self.out_features}x{self.in_features} layer); the adapter seems broken"
-                    )
+                    raise broken
                 base.weight.data = merged.to(base.weight.dtype)
             else:
                 base.weight.data += delta
@@ -320,7 +365,7 @@ class Linear(nn.Module, LoCALayer):
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         for name in active:
             coef = self.loca_coefficients[name]
-            loc = self.loca_fixed_locations[name] if name in self.loca_fixed_locations else self.loca_locations[name]
+            loc = self.loca_fixed_locations[name] if self.loca_frozen[name] else self.loca_locations[name]
             key += (name, coef.data_ptr(), coef._version, loc.data_ptr(), loc._version, self._scale(name))
         if self._weight_cache is None or self._weight_cache[0] != key:
             with torch.no_grad():
@@ -353,10 +398,7 @@ class Linear(nn.Module, LoCALayer):
         coefficients = [self.loca_coefficients[n] for n in active]
         # a registered location parameter stays in the graph even when frozen: it then receives zero
         # gradients, which keeps DistributedDataParallel's bookkeeping intact
-        locations = [
-            self.loca_locations[n] if (n in self.loca_locations and self.loca_locations[n].requires_grad) else None
-            for n in active
-        ]
+        locations = [self.loca_locations[n] if self.loca_locations[n].requires_grad else None for n in active]
         grad_wanted = torch.is_grad_enabled() and (
             x.requires_grad
             or base.weight.requires_grad
@@ -370,7 +412,7 @@ class Linear(nn.Module, LoCALayer):
 
         calls, n_points = [], 0
         for name, loc in zip(active, locations):
-            learn = loc is not None and name not in self.loca_fixed_locations and self.loca_learn_locations[name]
+            learn = loc is not None and not self.loca_frozen[name] and self.loca_learn_locations[name]
             calls.append(AdapterCall(self._scale(name), self.loca_location_grad[name] if learn else None))
             n_points += self.loca_n_frequency[name] * (5 if learn else 1)
         strategy = self.loca_strategy
@@ -399,3 +441,7 @@ class Linear(nn.Module, LoCALayer):
 
     def __repr__(self) -> str:
         return "loca." + super().__repr__()
+
+
+def _sync_frozen_flags_after_load(module: LoCALayer, incompatible_keys) -> None:
+    module._sync_frozen_flags()

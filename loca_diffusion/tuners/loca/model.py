@@ -13,7 +13,7 @@ from peft.utils.other import get_pattern_key
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoCAConfig
-from .layer import Linear, LoCALayer
+from .layer import NOT_FROZEN, Linear, LoCALayer
 from .ops import indices_to_locations
 from .peft_type import PREFIX
 
@@ -67,6 +67,23 @@ class LoCAModel(BaseTuner):
         if isinstance(new_module, LoCALayer):
             for name in new_module.loca_coefficients:
                 new_module._move_adapter_to_device_of_base_layer(name)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's dtype rule, for the coefficients: float32 by default, the base layer's float dtype with
+        ``autocast_adapter_dtype=False``. The ``[0, 1]``-scaled locations always stay float32 (half
+        precision cannot represent ``i / (d - 1)`` for real layer sizes)."""
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+            return
+        for _, module in _loca_layers(self.model):
+            coefficients = module.loca_coefficients.get(adapter_name)
+            dtype = module.get_base_layer().weight.dtype
+            if coefficients is None or not dtype.is_floating_point or coefficients.dtype == dtype:
+                continue
+            module.loca_coefficients[adapter_name] = nn.Parameter(
+                coefficients.detach().to(dtype), requires_grad=coefficients.requires_grad
+            )
+            module._weight_cache = None
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
@@ -148,12 +165,13 @@ class LoCAModel(BaseTuner):
                 )
             locations = state_dict.pop(loc_key)
             _check_locations(locations, n, d_out, d_in, _strip(module_name))
+            # the file holds no frozen flag: the adapter keeps the mode it was created in (frozen for
+            # inference, learnable with is_trainable=True)
             model_stem = f"{module_name}."
-            if adapter_name in module.loca_fixed_locations:
-                state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = locations.long()
-            if adapter_name in module.loca_locations:
-                points = indices_to_locations(locations.long(), d_out, d_in)
-                state_dict[f"{model_stem}loca_locations.{adapter_name}"] = points
+            frozen = module.locations_frozen(adapter_name)
+            fixed = locations.long() if frozen else torch.full_like(locations, NOT_FROZEN, dtype=torch.long)
+            state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
+            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(locations.long(), d_out, d_in)
         unknown = [
             k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")
         ]
