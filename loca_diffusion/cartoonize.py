@@ -42,8 +42,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .images import load_rgb
 from .prompts import CARTOONIZATION_PARAPHRASES, load_prompts
 
 __all__ = [
@@ -147,8 +148,9 @@ def cartoonize(
 
 
 def prepare_photo(image: Image.Image, resolution: int | None) -> Image.Image:
-    """EXIF-rotate, convert to RGB, centre-crop to a square and resize to ``resolution`` (None: keep)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    """EXIF-rotate, convert to 8-bit RGB (:func:`~loca_diffusion.images.load_rgb`: 16-bit scaled, alpha on
+    white), centre-crop to a square and resize to ``resolution`` (None: keep)."""
+    image = load_rgb(image)
     if resolution is None:
         return image
     w, h = image.size

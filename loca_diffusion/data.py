@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-
-from .prompts import CARTOONIZATION_PARAPHRASES
+from PIL import Image
 
 from .hub import HubUnavailableError, hub_offline, looks_like_repo_id, probe_repo
+from .images import load_rgb
+from .prompts import CARTOONIZATION_PARAPHRASES
 
 
 __all__ = [
@@ -254,7 +254,7 @@ def _open_image(value: Any, column: str) -> Image.Image:
     """Decode one stored image value (PIL image, ``{"bytes", "path"}`` dict or path) to RGB, or raise
     :class:`CorruptImageError` naming the file."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB") if value.mode != "RGB" else value
+        return value if value.mode == "RGB" else load_rgb(value)
     try:
         if isinstance(value, dict):
             if value.get("bytes") is not None:
@@ -270,8 +270,7 @@ def _open_image(value: Any, column: str) -> Image.Image:
         else:
             raise TypeError(f"unsupported image value of type {type(value).__name__}")
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        return load_rgb(image)
     except CorruptImageError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure
@@ -492,8 +491,8 @@ class EditPairTransform:
         return image if image.size == size else image.resize(size, self.interpolation)
 
     def __call__(self, original: Image.Image, edited: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        original = original.convert("RGB")
-        edited = edited.convert("RGB")
+        original = original if original.mode == "RGB" else load_rgb(original)
+        edited = edited if edited.mode == "RGB" else load_rgb(edited)
         if edited.size != original.size:
             edited = edited.resize(original.size, self.interpolation)
         original, edited = self._resize(original), self._resize(edited)
