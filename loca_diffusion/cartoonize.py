@@ -304,22 +304,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; a user error (existing output, missing folder or prompts file, no usable photo) prints one
+    ``error: ...`` line to stderr and exits with status 2, like argparse and the training script."""
     args = _parse_args(argv)
-    prompts = load_prompts(args.prompts_file) if args.prompts_file else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        metadata = build_cartoon_dataset(
-            args.output_dir,
-            input_dir=args.input_dir,
-            from_package_photos=args.from_package_photos,
-            resolution=args.resolution or None,
-            seed=args.seed,
-            limit=args.limit,
-            prompts=prompts,
-            overwrite=args.overwrite,
-            num_colors=args.num_colors,
-        )
+    try:
+        prompts = load_prompts(args.prompts_file) if args.prompts_file else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            metadata = build_cartoon_dataset(
+                args.output_dir,
+                input_dir=args.input_dir,
+                from_package_photos=args.from_package_photos,
+                resolution=args.resolution or None,
+                seed=args.seed,
+                limit=args.limit,
+                prompts=prompts,
+                overwrite=args.overwrite,
+                num_colors=args.num_colors,
+            )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     with open(metadata, encoding="utf-8") as f:
         n = sum(1 for _ in f)
     print(f"wrote {n} pairs to {metadata.parent} (load with --train_data_dir {metadata.parent})")
