@@ -6,7 +6,7 @@ runs in a few tens of milliseconds on a 256 px image.
 
 ``python -m loca_diffusion.cartoonize`` builds, from any folder of photos (and/or the photos that
 ship inside installed packages, ``--from_package_photos``), a dataset with the same columns as the
-``instruction-tuning-vision/cartoonizer-dataset`` Hub set, so training works without the Hub::
+``instruction-tuning-sd/cartoonization`` Hub set, so training works without the Hub::
 
     python -m loca_diffusion.cartoonize --input_dir PHOTOS --output_dir OUT [--resolution 256] \
         [--seed 0] [--limit N] [--from_package_photos] [--prompts_file FILE] [--overwrite]
