@@ -29,3 +29,22 @@ def tiny_pix2pix_dir(tmp_path_factory):
     pipe = build_tiny_instruct_pix2pix(root / "work")
     pipe.save_pretrained(root / "pipeline")
     return root / "pipeline"
+
+
+@pytest.fixture
+def pairs_with_bad_prompts(tmp_path):
+    """``copy(folder, missing, empty)``: a copy of a pair folder whose row ``missing`` has no
+    ``edit_prompt`` and row ``empty`` a blank one; returns the copy and its metadata rows."""
+    import json
+    import shutil
+
+    def copy(folder, missing: int, empty: int):
+        target = tmp_path / f"{folder.name}-bad-prompts"
+        shutil.copytree(folder, target)
+        rows = [json.loads(line) for line in (target / "metadata.jsonl").read_text().splitlines()]
+        del rows[missing]["edit_prompt"]
+        rows[empty]["edit_prompt"] = "  "
+        (target / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return target, rows
+
+    return copy

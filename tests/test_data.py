@@ -334,13 +334,8 @@ def test_real_clip_tokenizer_padding(pair_dir, cache_dir, tmp_path):
     assert words == ds[0]["edit_prompt"].lower().replace(" ", "")
 
 
-def test_missing_or_empty_prompts_are_named_up_front(pair_dir, tmp_path, cache_dir):
-    folder = tmp_path / "ds"
-    shutil.copytree(pair_dir, folder)
-    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
-    del rows[1]["edit_prompt"]
-    rows[3]["edit_prompt"] = ""
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def test_missing_or_empty_prompts_are_named_up_front(pair_dir, pairs_with_bad_prompts, cache_dir):
+    folder, rows = pairs_with_bad_prompts(pair_dir, missing=1, empty=3)
     with pytest.raises(ValueError) as info:
         load_edit_dataset(train_data_dir=folder, cache_dir=cache_dir)
     message = str(info.value)

@@ -327,7 +327,7 @@ def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2p
     assert not list(out.glob(".checkpoint-*"))  # no temporary folder left
 
 
-def test_input_errors_are_reported_before_the_model_loads(pairs, tmp_path):
+def test_input_errors_are_reported_before_the_model_loads(pairs, pairs_with_bad_prompts, tmp_path):
     # the model is an unreachable Hub id: an input error reported instead proves inputs come first
     def start(*extra: str, output: Path | None = None, data: Path = pairs):
         output = output or tmp_path / "never-created"
@@ -337,14 +337,7 @@ def test_input_errors_are_reported_before_the_model_loads(pairs, tmp_path):
         assert result.returncode == 2 and "Traceback" not in text and "not-a-real-model" not in text, text[-3000:]
         return text
 
-    import shutil
-
-    bad_rows = tmp_path / "bad-rows"
-    shutil.copytree(pairs, bad_rows)
-    rows = [json.loads(line) for line in (bad_rows / "metadata.jsonl").read_text().splitlines()]
-    del rows[2]["edit_prompt"]
-    rows[4]["edit_prompt"] = "  "
-    (bad_rows / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad_rows, rows = pairs_with_bad_prompts(pairs, missing=2, empty=4)
     text = start(data=bad_rows)
     assert "2 row(s)" in text and "row 2" in text and "row 4" in text and rows[2]["original_image_file_name"] in text
 

@@ -4,10 +4,11 @@
     accelerate launch train/instruct_pix2pix_loca.py \
         --pretrained_model_name_or_path timbrooks/instruct-pix2pix \
         --dataset_name instruction-tuning-sd/cartoonization \
-        --output_dir loca-cartoonizer
+        --max_train_steps 10000 --output_dir loca-cartoonizer
 
 Defaults follow the paper's Table 11 (LoCA on to_q/to_k/to_v/to_out.0, AdamW, weight decay 1e-2,
-lr 1e-4, scaling 1, batch 2, gradient accumulation 4, 10 000 steps, T_s = 1200). Reads top to bottom
+lr 1e-4, scaling 1, batch 2, gradient accumulation 4, T_s = 1200); its 10 000 steps are
+``--max_train_steps 10000`` (without it, ``--num_train_epochs`` decides, as in diffusers). Reads top to bottom
 like diffusers' train_instruct_pix2pix.py; data, adapter, checkpoint and picture helpers live in the
 ``loca_diffusion`` package.
 """
