@@ -175,6 +175,11 @@ def test_clear_errors(tiny_pix2pix_dir, pairs, tmp_path):
     assert wrong_column.returncode != 0 and "instruction" in text and "edit_prompt" in text
     assert "Traceback" not in text
 
+    bad_targets = run(base + ["--target_modules", "no_such_layer"], launcher=False)
+    text = bad_targets.stdout + bad_targets.stderr
+    assert bad_targets.returncode == 2 and "no_such_layer" in text and "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "e").exists()  # a failed run leaves no empty output folder
+
     missing = run([a if a != str(pairs) else str(tmp_path / "no-such-folder") for a in base], launcher=False)
     text = missing.stdout + missing.stderr
     assert missing.returncode != 0 and "no-such-folder" in text and "Traceback" not in text
@@ -299,13 +304,13 @@ def test_hub_token_is_never_written_and_a_failed_push_exits_nonzero(tiny_pix2pix
     args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--push_to_hub", "--hub_token", token]
     result = run(args, env={"HF_HUB_OFFLINE": "1"}, launcher=False)  # the launcher echoes a failed command line
     text = result.stdout + result.stderr
-    assert result.returncode != 0, text[-3000:]  # the upload failed: the run did not succeed
-    assert "error: --push_to_hub failed" in text and "hf upload" in text
     for saved in ("adapter_model.safetensors", "adapter_config.json", "README.md", "samples.png", "checkpoint-2"):
         assert (out / saved).exists(), saved  # saved before the upload was tried
     assert next((out / "logs").rglob("hparams.yml")).is_file()
     assert files_containing(out, token) == []
     assert token not in text
+    assert result.returncode != 0, text[-3000:]  # the upload failed: the run did not succeed
+    assert "error: --push_to_hub failed" in text and "hf upload" in text
 
 
 def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2pix_dir, pairs, tmp_path):

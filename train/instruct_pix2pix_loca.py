@@ -348,8 +348,6 @@ def main(argv=None) -> None:
         root, noise_scheduler, tokenizer, text_encoder, vae, unet = load_components(args)
     except HubUnavailableError as error:
         fail(str(error))
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -357,31 +355,34 @@ def main(argv=None) -> None:
     text_encoder.to(accelerator.device, dtype=weight_dtype)
     unet.to(accelerator.device, dtype=weight_dtype)
     target_modules = [t.strip() for t in args.target_modules.split(",") if t.strip()]
-    adapter_config = build_adapter_config(
-        args.adapter,
-        unet,
-        target_modules,
-        n_frequency=args.n_frequency,
-        scaling=args.scaling,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        fourierft_scaling=args.fourierft_scaling,
-        match_budget=args.match_budget,
-        **(
-            dict(
-                location_grad=args.location_grad,
-                random_loc_seed=args.random_loc_seed,
-                location_lr=args.location_lr,
-                coefficient_steps=args.coefficient_steps,
-                location_steps=args.location_steps,
-                location_training_steps=args.location_training_steps,
-                schedule_variant=args.schedule_variant,
-            )
-            if args.adapter == "loca"
-            else {}
-        ),
-    )
-    unet.add_adapter(adapter_config)
+    try:  # a wrong --target_modules / --n_frequency is the user's: one line, no traceback
+        adapter_config = build_adapter_config(
+            args.adapter,
+            unet,
+            target_modules,
+            n_frequency=args.n_frequency,
+            scaling=args.scaling,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            fourierft_scaling=args.fourierft_scaling,
+            match_budget=args.match_budget,
+            **(
+                dict(
+                    location_grad=args.location_grad,
+                    random_loc_seed=args.random_loc_seed,
+                    location_lr=args.location_lr,
+                    coefficient_steps=args.coefficient_steps,
+                    location_steps=args.location_steps,
+                    location_training_steps=args.location_training_steps,
+                    schedule_variant=args.schedule_variant,
+                )
+                if args.adapter == "loca"
+                else {}
+            ),
+        )
+        unet.add_adapter(adapter_config)
+    except ValueError as error:
+        fail(f"--adapter {args.adapter}: {error}")
     # diffusers' add_adapter clears it; the saved adapter_config.json should say what it adapts
     unet.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
     for p in unet.parameters():  # adapters in fp32 whatever the base dtype
@@ -462,7 +463,8 @@ def main(argv=None) -> None:
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     if schedule is not None:
         accelerator.register_for_checkpointing(schedule)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the first write: a run that failed before leaves no empty folder
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in recorded_hyperparameters(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("instruct-pix2pix-loca", config=config)
 
