@@ -184,18 +184,22 @@ ADAPTER_SUBDIR = "adapter"
 LIVE_STATE_FILE = "loca_training_state.safetensors"
 
 
-def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default", live_state: bool = False) -> Path:
-    """Write ``model``'s adapter in the PEFT layout (``adapter_config.json`` + ``adapter_model.safetensors``),
-    which ``pipe.load_loca`` and ``PeftModel.from_pretrained`` read. ``live_state=True`` also writes the
-    LoCA training state (continuous locations, frozen flags) for an exact resume."""
-    from peft.utils import get_peft_model_state_dict
+def save_adapter(
+    model: nn.Module,
+    directory: str | Path,
+    adapter_name: str = "default",
+    live_state: bool = False,
+    base_model_name_or_path: Optional[str] = None,
+) -> Path:
+    """Write ``model``'s adapter with the one adapter writer (:func:`~loca_diffusion.loaders.write_loca_adapter`:
+    the PEFT layout that ``PeftModel.from_pretrained`` and ``pipe.load_loca`` read, plus diffusers' LoRA file
+    for ``pipe.load_lora_weights``). ``live_state=True`` also writes the LoCA training state (continuous
+    locations, frozen flags) for an exact resume. ``base_model_name_or_path`` goes into the adapter config."""
     from safetensors.torch import save_file
 
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(target / "adapter_model.safetensors"))
-    model.peft_config[adapter_name].save_pretrained(str(target))
+    from .loaders import write_loca_adapter
+
+    target = write_loca_adapter(model, directory, adapter_name, base_model_name_or_path=base_model_name_or_path)
     if live_state:
         live = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if ".loca_" in k}
         if live:
@@ -209,6 +213,8 @@ def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = 
     go through ``accelerator.register_for_checkpointing``."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
+
+    from .loaders import LOCA_WEIGHTS_NAME, to_model_keys
 
     def unwrap(model):
         return accelerator.unwrap_model(model)
@@ -237,7 +243,11 @@ def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = 
                 if result.unexpected_keys:
                     raise ValueError(f"{live_file} does not fit the model: {result.unexpected_keys[:3]}")
             else:
-                set_peft_model_state_dict(unwrap(model), load_file(source / "adapter_model.safetensors"), adapter_name=adapter_name)
+                weights = source / LOCA_WEIGHTS_NAME
+                state = to_model_keys(load_file(weights))  # the file holds PeftModel's keys
+                result = set_peft_model_state_dict(unwrap(model), state, adapter_name=adapter_name)
+                if result.unexpected_keys:
+                    raise ValueError(f"{weights} does not fit the model: {result.unexpected_keys[:3]}")
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

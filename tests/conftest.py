@@ -31,6 +31,16 @@ def tiny_pix2pix_dir(tmp_path_factory):
     return root / "pipeline"
 
 
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory):
+    """Six tiny (32 px) edit pairs from the package photos: ``--train_data_dir`` for the training script."""
+    from loca_diffusion.cartoonize import build_cartoon_dataset
+
+    out = tmp_path_factory.mktemp("pairs") / "data"
+    build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)
+    return out
+
+
 @pytest.fixture
 def pairs_with_bad_prompts(tmp_path):
     """``copy(folder, missing, empty)``: a copy of a pair folder whose row ``missing`` has no

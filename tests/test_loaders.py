@@ -94,6 +94,8 @@ def pipe(env):
     env.pipe.unload_loca()
     if getattr(env.pipe.unet, "peft_config", None):
         env.pipe.unload_lora_weights()
+        for name, parameter in env.pipe.unet.named_parameters():  # diffusers leaves the base frozen
+            parameter.requires_grad_(env.base_grads[name])
     state = env.pipe.unet.state_dict()
     assert state.keys() == env.base_state.keys()
     assert all(torch.equal(state[k], env.base_state[k]) for k in state)
@@ -490,3 +492,91 @@ def test_lora_and_loca_side_by_side(env, pipe, tmp_path):
     assert pipe.unet.peft_config.keys() == {"lora"}
     pipe.set_adapters("lora")
     assert torch.equal(env.run(), lora_only)
+
+
+# ----------------------------------------------------------------------------------------------------
+# in-memory state dicts, and the model-level layer on its own
+
+
+def test_load_an_in_memory_state_dict_with_its_config(env, pipe):
+    state_dict = load_file(f"{env.a}/adapter_model.safetensors")
+    config = LoCAConfig.from_pretrained(env.a)
+    config.inference_mode = False
+    reference = _run_with_unet(env, _reference_unet(env, [(env.a, 1.0)]))
+
+    pipe.load_loca(state_dict, loca_config=config, adapter_name="from_dict")
+    torch.testing.assert_close(env.run(), reference, atol=1e-5, rtol=0)
+    assert config.inference_mode is False  # the caller's config is not changed
+    pipe.unload_loca()
+
+    # keys as get_peft_model_state_dict(unet) gives them (no PeftModel prefix), the config as JSON contents
+    bare = {key.removeprefix(PREFIX): value for key, value in state_dict.items()}
+    as_json = json.loads(open(f"{env.a}/adapter_config.json").read())
+    as_json.pop("peft_type")
+    pipe.load_loca(bare, loca_config=as_json)
+    torch.testing.assert_close(env.run(), reference, atol=1e-5, rtol=0)
+    pipe.unload_loca()
+
+    with pytest.raises(ValueError, match="loca_config"):
+        pipe.load_loca(state_dict)
+    with pytest.raises(ValueError, match="in-memory"):
+        pipe.load_loca(env.a, loca_config=config)
+    with pytest.raises(ValueError, match=r"LoRA.*load_lora_weights"):
+        pipe.load_loca({"unet.x.lora_A.weight": torch.zeros(2, 2)}, loca_config=config)
+    with pytest.raises(ValueError, match=r"LoRA.*load_lora_weights"):
+        pipe.load_loca(state_dict, loca_config={**as_json, "peft_type": "LORA"})
+    with pytest.raises(ValueError, match="n_frequency"):
+        pipe.load_loca(state_dict, loca_config={**as_json, "n_frequency": 8}, adapter_name="wrong")
+    _assert_base_restored(env)
+
+
+def test_model_level_operations_on_a_plain_module(tmp_path, torch_single_thread):
+    from loca_diffusion.loaders import LoCALoaderState, model_ops, read_loca_adapter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24), nn.GELU(), nn.Linear(24, 8))
+    model[0].weight.requires_grad_(False)  # a flag of the user's, restored by unload
+    base = copy.deepcopy(model)
+    config = LoCAConfig(init_weights=False, target_modules=["0", "2"], n_frequency=12, scaling=3.0)
+    get_peft_model(copy.deepcopy(model), config).save_pretrained(tmp_path / "mlp")
+    tensors = load_file(tmp_path / "mlp" / "adapter_model.safetensors")
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+
+    def reference(weight: float) -> torch.Tensor:
+        dense = copy.deepcopy(base)
+        for index in ("0", "2"):
+            linear = dense.get_submodule(index)
+            d_out, d_in = linear.weight.shape
+            rows, cols = tensors[f"{PREFIX}{index}.loca_locations"].long()
+            spectrum = torch.zeros(d_out, d_in, dtype=torch.float64)
+            spectrum.index_put_((rows, cols), tensors[f"{PREFIX}{index}.loca_coefficients"].double(), accumulate=True)
+            with torch.no_grad():
+                linear.weight += (weight * 3.0 * _dct_matrix(d_out).T @ spectrum @ _dct_matrix(d_in)).float()
+        with torch.no_grad():
+            return dense(x)
+
+    name = model_ops.load_loca_adapter(model, read_loca_adapter(tmp_path / "mlp"))
+    assert name == "default_0" and model_ops.active_loca_adapters(model) == ["default_0"]
+    torch.testing.assert_close(model(x), reference(1.0), atol=1e-5, rtol=0)
+    model_ops.set_loca_adapters(model, name, 0.5)
+    adapted = model(x).detach()
+    torch.testing.assert_close(adapted, reference(0.5), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="diffusers model"):
+        model_ops.set_loca_adapters(model, name, {"down": 1.0})
+
+    model_ops.fuse_loca(model)
+    state = model._loca_loader_state
+    assert isinstance(state, LoCALoaderState) and sorted(state.fused) == ["0", "2"]
+    torch.testing.assert_close(model(x), adapted, atol=1e-5, rtol=0)
+    model_ops.unfuse_loca(model)
+    assert not state.fused and torch.equal(model(x), adapted)
+    model_ops.enable_loca(model, False)
+    assert torch.equal(model(x), base(x))
+    model_ops.enable_loca(model, True)
+
+    model_ops.fuse_loca(model)
+    model_ops.unload_loca(model)  # unfuses first: the base bit for bit, no loader state left
+    assert not hasattr(model, "peft_config") and not hasattr(model, "_loca_loader_state")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), base.state_dict().values()))
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in base.parameters()]
+    assert torch.equal(model(x), base(x))

@@ -1,4 +1,4 @@
-"""The registration shim (loca_diffusion/peft_registration.py) against the installed peft.
+"""The registration shim (loca_diffusion/tuners/loca/peft_type.py and register()) against the installed peft.
 
 peft's enum of methods is closed; the shim adds ``PeftType.LOCA`` and registers the config and tuner
 classes. These tests fail loudly if a peft upgrade changes the enum or the mappings it relies on.
@@ -17,7 +17,8 @@ import torch.nn as nn
 
 import loca_diffusion
 from loca_diffusion import LoCAConfig, LoCAModel
-from loca_diffusion.peft_registration import ensure_peft_type, register
+from loca_diffusion.tuners.loca import register
+from loca_diffusion.tuners.loca.peft_type import ensure_peft_type
 from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType

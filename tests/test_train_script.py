@@ -78,15 +78,6 @@ def ok(result) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    from loca_diffusion.cartoonize import build_cartoon_dataset
-
-    out = tmp_path_factory.mktemp("pairs") / "data"
-    build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)
-    return out
-
-
 def adapter(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "adapter_model.safetensors")
 

@@ -383,8 +383,6 @@ def main(argv=None) -> None:
         unet.add_adapter(adapter_config)
     except ValueError as error:
         fail(f"--adapter {args.adapter}: {error}")
-    # diffusers' add_adapter clears it; the saved adapter_config.json should say what it adapts
-    unet.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
     for p in unet.parameters():  # adapters in fp32 whatever the base dtype
         if p.requires_grad:
             p.data = p.data.float()
@@ -566,7 +564,7 @@ def main(argv=None) -> None:
     push_error = None
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet)
-        save_adapter(unet, args.output_dir)
+        save_adapter(unet, args.output_dir, base_model_name_or_path=args.pretrained_model_name_or_path)
         card = dict(
             base_model=args.pretrained_model_name_or_path,
             adapter=args.adapter,

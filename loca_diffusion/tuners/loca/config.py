@@ -7,9 +7,8 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-from ...peft_registration import ensure_peft_type
-
 from .ops import LOCATION_GRAD_MODES, STRATEGIES
+from .peft_type import ensure_peft_type
 
 SCHEDULE_VARIANTS = ("alternating", "fixed", "alternate_throughout", "joint")
 

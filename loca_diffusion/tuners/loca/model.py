@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from .config import LoCAConfig
 from .layer import Linear, LoCALayer
 from .ops import indices_to_locations
+from .peft_type import PREFIX
 
 _PEFT_PREFIX = "base_model.model."
 
@@ -28,7 +29,7 @@ class LoCAModel(BaseTuner):
     load; optional in files).
     """
 
-    prefix: str = "loca_"
+    prefix: str = PREFIX
     tuner_layer_cls = LoCALayer
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 

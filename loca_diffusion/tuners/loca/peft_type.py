@@ -1,4 +1,4 @@
-"""Registration of LoCA as a PEFT method.
+"""The ``PeftType.LOCA`` enum shim (a leaf module: it imports only peft).
 
 peft 0.21's ``register_peft_method`` only accepts names that are already members of the closed
 ``PeftType`` enum, so an external method needs one extra step: add the ``LOCA`` member. That is the
@@ -29,16 +29,3 @@ def ensure_peft_type() -> PeftType:
     PeftType._value2member_map_[PEFT_TYPE_NAME] = member
     type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
     return member
-
-
-def register() -> None:
-    """Register :class:`LoCAConfig` / :class:`LoCAModel` with peft's method mappings (idempotent)."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import register_peft_method
-
-    from .tuners.loca import LoCAConfig, LoCAModel
-
-    peft_type = ensure_peft_type()
-    if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is LoCAModel:
-        return
-    register_peft_method(name=METHOD_NAME, config_cls=LoCAConfig, model_cls=LoCAModel, prefix=PREFIX)
