@@ -6,7 +6,7 @@ runs in a few tens of milliseconds on a 256 px image.
 
 ``python -m loca_diffusion.cartoonize`` builds, from any folder of photos (and/or the photos that
 ship inside installed packages, ``--from_package_photos``), a dataset with the same columns as the
-``instruction-tuning-vision/cartoonizer-dataset`` Hub set, so training works without the Hub::
+``instruction-tuning-sd/cartoonization`` Hub set, so training works without the Hub::
 
     python -m loca_diffusion.cartoonize --input_dir PHOTOS --output_dir OUT [--resolution 256] \
         [--seed 0] [--limit N] [--from_package_photos] [--prompts_file FILE] [--overwrite]
@@ -42,8 +42,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .images import load_rgb
 from .prompts import CARTOONIZATION_PARAPHRASES, load_prompts
 
 __all__ = [
@@ -147,8 +148,9 @@ def cartoonize(
 
 
 def prepare_photo(image: Image.Image, resolution: int | None) -> Image.Image:
-    """EXIF-rotate, convert to RGB, centre-crop to a square and resize to ``resolution`` (None: keep)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
+    """EXIF-rotate, convert to 8-bit RGB (:func:`~loca_diffusion.images.load_rgb`: 16-bit scaled, alpha on
+    white), centre-crop to a square and resize to ``resolution`` (None: keep)."""
+    image = load_rgb(image)
     if resolution is None:
         return image
     w, h = image.size
@@ -302,22 +304,28 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; a user error (existing output, missing folder or prompts file, no usable photo) prints one
+    ``error: ...`` line to stderr and exits with status 2, like argparse and the training script."""
     args = _parse_args(argv)
-    prompts = load_prompts(args.prompts_file) if args.prompts_file else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        metadata = build_cartoon_dataset(
-            args.output_dir,
-            input_dir=args.input_dir,
-            from_package_photos=args.from_package_photos,
-            resolution=args.resolution or None,
-            seed=args.seed,
-            limit=args.limit,
-            prompts=prompts,
-            overwrite=args.overwrite,
-            num_colors=args.num_colors,
-        )
+    try:
+        prompts = load_prompts(args.prompts_file) if args.prompts_file else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            metadata = build_cartoon_dataset(
+                args.output_dir,
+                input_dir=args.input_dir,
+                from_package_photos=args.from_package_photos,
+                resolution=args.resolution or None,
+                seed=args.seed,
+                limit=args.limit,
+                prompts=prompts,
+                overwrite=args.overwrite,
+                num_colors=args.num_colors,
+            )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     with open(metadata, encoding="utf-8") as f:
         n = sum(1 for _ in f)
     print(f"wrote {n} pairs to {metadata.parent} (load with --train_data_dir {metadata.parent})")

@@ -1,7 +1,7 @@
 """Edit-pair data for InstructPix2Pix training: loading, validation, paired augmentation, batching.
 
 Loading (:func:`load_edit_dataset`) takes either a Hub dataset name (default columns are those of
-``instruction-tuning-vision/cartoonizer-dataset``) or a local folder in ``imagefolder`` layout::
+:data:`DEFAULT_DATASET_NAME`, ``instruction-tuning-sd/cartoonization``) or a local folder in ``imagefolder`` layout::
 
     DIR/metadata.jsonl          one JSON object per pair, e.g.
         {"original_image_file_name": "original/00000.png",
@@ -17,7 +17,7 @@ columns hold file names as strings (``{"file_name": "a.png", "edited_image": "b.
 accepted too: a requested image column holding strings is read as paths relative to ``DIR``.
 
 Columns are checked up front (a missing one lists the available columns and names the option to
-change); images of a local folder are decoded up front by default (``verify_images``), and the
+change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up front by default (``verify_images``), and the
 error names every file that cannot be decoded. A Hub name fails fast when the Hub cannot be reached
 (:class:`HubUnavailableError`, one short probe instead of ``datasets``' ~25 s of retries), with a
 message that says how to pass a local folder (``--train_data_dir``) instead.
@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-
-from .prompts import CARTOONIZATION_PARAPHRASES
+from PIL import Image
 
 from .hub import HubUnavailableError, hub_offline, looks_like_repo_id, probe_repo
+from .images import load_rgb
+from .prompts import CARTOONIZATION_PARAPHRASES
 
 
 __all__ = [
@@ -66,7 +66,8 @@ __all__ = [
     "verify_images",
 ]
 
-DEFAULT_DATASET_NAME = "instruction-tuning-vision/cartoonizer-dataset"
+#: The one default training set (README, training script, docs): InstructPix2Pix cartoonization pairs.
+DEFAULT_DATASET_NAME = "instruction-tuning-sd/cartoonization"
 DEFAULT_ORIGINAL_IMAGE_COLUMN = "original_image"
 DEFAULT_EDIT_PROMPT_COLUMN = "edit_prompt"
 DEFAULT_EDITED_IMAGE_COLUMN = "cartoonized_image"
@@ -242,6 +243,21 @@ def _validate_columns(ds, columns: dict[str, str], what: str, root: Path | None)
     return ds
 
 
+def _validate_prompts(ds, column: str, image_column: str, what: str, max_reported: int = 10) -> None:
+    """Every row needs a non-empty prompt; the error names the rows (and their original image file)."""
+    bad = [row for row, prompt in enumerate(ds[column]) if not isinstance(prompt, str) or not prompt.strip()]
+    if not bad:
+        return
+    datasets = _datasets()
+    images = ds.select(bad[:max_reported]).cast_column(image_column, datasets.Image(decode=False))[image_column]
+    named = [f"row {row} ({_describe(image)})" for row, image in zip(bad, images)]
+    more = f" and {len(bad) - len(named)} more" if len(bad) > len(named) else ""
+    raise ValueError(
+        f"{len(bad)} row(s) of {what} have a missing or empty {column!r} (the edit prompt, "
+        f"{_OPTION_FOR['prompt']}): {', '.join(named)}{more}"
+    )
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("path") or "<embedded image bytes>"
@@ -254,7 +270,7 @@ def _open_image(value: Any, column: str) -> Image.Image:
     """Decode one stored image value (PIL image, ``{"bytes", "path"}`` dict or path) to RGB, or raise
     :class:`CorruptImageError` naming the file."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB") if value.mode != "RGB" else value
+        return value if value.mode == "RGB" else load_rgb(value)
     try:
         if isinstance(value, dict):
             if value.get("bytes") is not None:
@@ -270,8 +286,7 @@ def _open_image(value: Any, column: str) -> Image.Image:
         else:
             raise TypeError(f"unsupported image value of type {type(value).__name__}")
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        return load_rgb(image)
     except CorruptImageError:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure
@@ -380,6 +395,7 @@ def load_edit_dataset(
         raise ValueError(f"{what} has no rows in split {split!r}")
     if max_train_samples is not None:
         ds = ds.shuffle(seed=seed).select(range(min(max_train_samples, len(ds))))
+    _validate_prompts(ds, edit_prompt_column, original_image_column, what)
     if verify if verify is not None else root is not None:
         verify_images(ds, [original_image_column, edited_image_column])
     return ds
@@ -491,9 +507,18 @@ class EditPairTransform:
             size = (max(r, round(w * scale)), max(r, round(h * scale)))
         return image if image.size == size else image.resize(size, self.interpolation)
 
+    def validation_view(self, image: Image.Image) -> Image.Image:
+        """``image`` as training sees it, without the random parts: the same resize to ``resolution``, a
+        centred crop and no flip (RGB PIL image of ``resolution x resolution``)."""
+        image = self._resize(image if image.mode == "RGB" else load_rgb(image))
+        w, h = image.size
+        r = self.resolution
+        left, top = (w - r) // 2, (h - r) // 2
+        return image.crop((left, top, left + r, top + r))
+
     def __call__(self, original: Image.Image, edited: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        original = original.convert("RGB")
-        edited = edited.convert("RGB")
+        original = original if original.mode == "RGB" else load_rgb(original)
+        edited = edited if edited.mode == "RGB" else load_rgb(edited)
         if edited.size != original.size:
             edited = edited.resize(original.size, self.interpolation)
         original, edited = self._resize(original), self._resize(edited)

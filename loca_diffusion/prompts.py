@@ -1,7 +1,7 @@
 """Edit-instruction paraphrases used for cartoonization training.
 
 ``CARTOONIZATION_PARAPHRASES`` is the exact list of 50 instructions published with the
-instruction-tuned-sd work that built the ``instruction-tuning-vision/cartoonizer-dataset`` Hub set
+instruction-tuned-sd work that built the ``instruction-tuning-sd/cartoonization`` Hub set
 (each row of that set carries one of them, drawn at random, as its ``edit_prompt``).
 
 Source: GitHub repository huggingface/instruction-tuned-sd (Sayak Paul's instruction-tuned-sd work),

@@ -4,7 +4,11 @@ accelerate checkpoint hooks, conditioning dropout, location pictures and the mod
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +19,8 @@ from PIL import Image
 
 from .tuners.loca.config import LoCAConfig
 from .tuners.loca.layer import LoCALayer
+
+logger = logging.getLogger(__name__)
 
 ADAPTERS = ("loca", "fourierft", "lora")
 UNET_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -65,7 +71,9 @@ def build_adapter_config(
         budget = n_frequency * len(layers)
         per_rank = sum(layer.in_features + layer.out_features for layer in layers)
         lora_rank = max(1, round(budget / per_rank))
-    rank = lora_rank or 4
+    rank = 4 if lora_rank is None else int(lora_rank)
+    if rank < 1:
+        raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
     return LoraConfig(
         r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank, target_modules=target_modules, init_lora_weights="gaussian"
     )
@@ -245,39 +253,144 @@ def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = 
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+CHECKPOINT_INFO_FILE = "checkpoint_info.json"
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-<step>`` folders of ``output_dir``, complete or not, by step."""
+    found = [d for d in Path(output_dir).glob("checkpoint-*") if d.is_dir() and _CHECKPOINT_NAME.fullmatch(d.name)]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(_CHECKPOINT_NAME.fullmatch(Path(path).name).group(1))
+
+
+def checkpoint_info(path: str | Path) -> Optional[dict]:
+    """What :func:`save_checkpoint` recorded (``global_step``, ``adapter``); None for an incomplete folder."""
+    info = Path(path) / CHECKPOINT_INFO_FILE
+    if not info.is_file():
+        return None
+    try:
+        return json.loads(info.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def complete_checkpoints(output_dir: str | Path, warn: bool = False) -> list[Path]:
+    """The checkpoints of ``output_dir`` that were written to the end, by step; ``warn`` logs a warning
+    for each incomplete one (a save that was interrupted), which is skipped."""
+    complete = []
+    for path in checkpoint_dirs(output_dir):
+        if checkpoint_info(path) is not None:
+            complete.append(path)
+        elif warn:
+            logger.warning(f"skipping incomplete checkpoint {path} (no {CHECKPOINT_INFO_FILE}: its save was interrupted)")
+    return complete
+
+
+def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step (incomplete ones are skipped with a warning)."""
+    complete = complete_checkpoints(output_dir, warn=True)
+    return complete[-1] if complete else None
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None) -> Path:
+    """``accelerator.save_state`` into a hidden temporary folder, then renamed to ``checkpoint-<step>``
+    once every process has written its part, so an interrupted save never leaves a ``checkpoint-<step>``
+    behind. ``total_limit`` removes the oldest complete checkpoints first so that at most that many
+    remain. Call it on every process."""
+    output_dir = Path(output_dir)
+    final = output_dir / f"checkpoint-{step}"
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        if total_limit is not None:
+            existing = [c for c in complete_checkpoints(output_dir) if c != final]
+            for old in existing[: max(0, len(existing) - total_limit + 1)]:
+                shutil.rmtree(old)
+        if partial.exists():
+            shutil.rmtree(partial)  # left by an earlier interrupted save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / CHECKPOINT_INFO_FILE).write_text(json.dumps({"global_step": step, "adapter": adapter}))
+        stale = output_dir / f".checkpoint-{step}.replaced"
+        if final.exists():  # a rerun over the same step: keep the old one until the new one is in place
+            os.replace(final, stale)
+        os.replace(partial, final)
+        if stale.exists():
+            shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    return final
+
+
+_CARD_USAGE = {
+    "loca": (
+        "import loca_diffusion",
+        "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
+        "",
+        'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base}")',
+        'pipe.load_loca("path/to/this/directory")',
+    ),
+    "lora": (
+        "from diffusers import StableDiffusionInstructPix2PixPipeline",
+        "",
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe.load_lora_weights("path/to/this/directory")',
+    ),
+    "fourierft": (
+        "from diffusers import StableDiffusionInstructPix2PixPipeline",
+        "from peft import PeftModel",
+        "",
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe.unet = PeftModel.from_pretrained(pipe.unet, "path/to/this/directory")',
+    ),
+}
+ADAPTER_TITLES = {"loca": "LoCA", "lora": "LoRA", "fourierft": "FourierFT"}
+
+
 def write_model_card(
     output_dir: str | Path,
     base_model: str,
-    dataset: str,
     adapter: str,
     hyperparameters: dict,
     trainable_parameters: int,
+    dataset_name: Optional[str] = None,
+    train_data_dir: Optional[str] = None,
     sample_grid: Optional[str] = None,
     heatmap: Optional[str] = None,
 ) -> Path:
-    """``README.md`` of a trained adapter: base, data, hyperparameters, parameter count, pictures."""
-    lines = [
-        "---",
-        f"base_model: {base_model}",
-        "library_name: peft",
-        "tags: [loca, instruct-pix2pix, diffusers, peft]",
-        "---",
+    """``README.md`` of a trained ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model, training
+    data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
+    to load it with that adapter's own loader, hyperparameters, parameter count, pictures.
+    ``hyperparameters`` is written as given: leave secrets out."""
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+    title = ADAPTER_TITLES[adapter]
+    front = ["---", f"base_model: {base_model}", "library_name: peft"]
+    if dataset_name:
+        front.append(f"datasets: [{dataset_name}]")
+    front += [f"tags: [{adapter}, instruct-pix2pix, diffusers, peft, image-to-image]", "---"]
+    if dataset_name:
+        data = f"the Hub dataset `{dataset_name}`"
+    else:
+        data = f"a local pair folder (`{train_data_dir}`)" if train_data_dir else "not recorded"
+    counted = " (coefficients; the frozen integer locations are not counted)" if adapter == "loca" else ""
+    lines = front + [
         "",
-        f"# {adapter.upper()} adapter for InstructPix2Pix",
+        f"# {title} adapter for InstructPix2Pix",
         "",
         f"- Base model: `{base_model}`",
-        f"- Training data: `{dataset}`",
-        f"- Adapter: `{adapter}` on the UNet attention projections",
-        f"- Trainable parameters (LoCA: coefficients only): {trainable_parameters:,}",
+        f"- Training data: {data}",
+        f"- Adapter: {title} on the UNet attention projections",
+        f"- Trainable parameters{counted}: {trainable_parameters:,}",
         "",
         "## Use",
         "",
         "```python",
-        "import loca_diffusion",
-        "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
-        "",
-        f'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base_model}")',
-        'pipe.load_loca("path/to/this/directory")',
+        *(line.format(base=base_model) for line in _CARD_USAGE[adapter]),
         "```",
         "",
         "## Hyperparameters",
@@ -333,6 +446,6 @@ def push_to_hub(output_dir: str | Path, repo_id: str, token: Optional[str] = Non
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(
-        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoint-*", "logs/*", "*.pkl", "*.bin"]
+        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "*.pkl", "*.bin"]
     )
     return str(url)

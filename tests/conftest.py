@@ -39,3 +39,22 @@ def pairs(tmp_path_factory):
     out = tmp_path_factory.mktemp("pairs") / "data"
     build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)
     return out
+
+
+@pytest.fixture
+def pairs_with_bad_prompts(tmp_path):
+    """``copy(folder, missing, empty)``: a copy of a pair folder whose row ``missing`` has no
+    ``edit_prompt`` and row ``empty`` a blank one; returns the copy and its metadata rows."""
+    import json
+    import shutil
+
+    def copy(folder, missing: int, empty: int):
+        target = tmp_path / f"{folder.name}-bad-prompts"
+        shutil.copytree(folder, target)
+        rows = [json.loads(line) for line in (target / "metadata.jsonl").read_text().splitlines()]
+        del rows[missing]["edit_prompt"]
+        rows[empty]["edit_prompt"] = "  "
+        (target / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return target, rows
+
+    return copy

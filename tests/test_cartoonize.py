@@ -137,3 +137,30 @@ def test_cli_from_package_photos(tmp_path, capsys):
         assert im.size == (48, 48)
     with pytest.raises(SystemExit):
         main(["--output_dir", str(tmp_path / "x")])  # no source given
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(0).save(photos / "a.png")
+    out = tmp_path / "out"
+    assert main(["--input_dir", str(photos), "--output_dir", str(out), "--resolution", "16"]) == 0
+    capsys.readouterr()
+    empty_prompts = tmp_path / "prompts.txt"
+    empty_prompts.write_text("\n  \n")
+    cases = {
+        "existing output": (["--input_dir", str(photos), "--output_dir", str(out)], "already exists"),
+        "missing input folder": (["--input_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o2")], "nope"),
+        "empty prompts file": (
+            ["--input_dir", str(photos), "--output_dir", str(tmp_path / "o3"), "--prompts_file", str(empty_prompts)],
+            "prompts.txt",
+        ),
+    }
+    for case, (argv, mentioned) in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, case
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and mentioned in lines[0], (case, err)
+        assert "Traceback" not in err

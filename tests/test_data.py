@@ -332,3 +332,23 @@ def test_real_clip_tokenizer_padding(pair_dir, cache_dir, tmp_path):
     assert ids[0, 0] == 49406 and tokenizer.eos_token_id == 49407  # CLIP's <|startoftext|>, <|endoftext|>
     words = tokenizer.decode(ids[0], skip_special_tokens=True).replace(" ", "")
     assert words == ds[0]["edit_prompt"].lower().replace(" ", "")
+
+
+def test_missing_or_empty_prompts_are_named_up_front(pair_dir, pairs_with_bad_prompts, cache_dir):
+    folder, rows = pairs_with_bad_prompts(pair_dir, missing=1, empty=3)
+    with pytest.raises(ValueError) as info:
+        load_edit_dataset(train_data_dir=folder, cache_dir=cache_dir)
+    message = str(info.value)
+    assert "2 row(s)" in message and "'edit_prompt'" in message and "--edit_prompt_column" in message
+    assert f"row 1 ({folder / rows[1]['original_image_file_name']})" in message
+    assert f"row 3 ({folder / rows[3]['original_image_file_name']})" in message
+
+
+def test_validation_view_is_the_training_view_without_randomness():
+    photo = _photo(3, size=(60, 44))
+    for mode in ("square", "shorter_side"):
+        transform = EditPairTransform(RES, center_crop=True, resize_mode=mode)
+        view = transform.validation_view(photo)
+        assert view.size == (RES, RES) and view.mode == "RGB"
+        trained, _ = transform(photo, photo)
+        np.testing.assert_allclose(np.asarray(view, dtype=np.float32) / 127.5 - 1, trained.permute(1, 2, 0).numpy(), atol=1e-6)

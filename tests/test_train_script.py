@@ -3,8 +3,10 @@ load, two processes, baselines, clear errors). Each run is a real ``accelerate l
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,7 +28,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def common_args(pipeline: Path, pairs: Path, output: Path, steps: int) -> list[str]:
+def common_args(pipeline: Path, pairs: Path, output: Path, steps: int | None) -> list[str]:
+    """The tiny run's flags; ``steps=None`` leaves --max_train_steps out (epochs decide)."""
     return [
         "--pretrained_model_name_or_path", str(pipeline),
         "--train_data_dir", str(pairs),
@@ -34,7 +37,7 @@ def common_args(pipeline: Path, pairs: Path, output: Path, steps: int) -> list[s
         "--resolution", "32",
         "--train_batch_size", "1",
         "--gradient_accumulation_steps", "2",
-        "--max_train_steps", str(steps),
+        *(["--max_train_steps", str(steps)] if steps is not None else []),
         "--n_frequency", "16",
         "--learning_rate", "1e-2",
         "--location_lr", "0.05",
@@ -48,8 +51,14 @@ def common_args(pipeline: Path, pairs: Path, output: Path, steps: int) -> list[s
     ]
 
 
+def script_env(**extra: str) -> dict:
+    """The subprocess environment: one thread, and this checkout's package first on the path."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path, **extra)
+
+
 def run(args: list[str], processes: int = 1, env: dict | None = None, launcher: bool = True, timeout: int = 300):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    full_env = script_env(**(env or {}))
     if launcher:
         command = [str(ACCELERATE), "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if processes > 1:
@@ -157,6 +166,11 @@ def test_clear_errors(tiny_pix2pix_dir, pairs, tmp_path):
     assert wrong_column.returncode != 0 and "instruction" in text and "edit_prompt" in text
     assert "Traceback" not in text
 
+    bad_targets = run(base + ["--target_modules", "no_such_layer"], launcher=False)
+    text = bad_targets.stdout + bad_targets.stderr
+    assert bad_targets.returncode == 2 and "no_such_layer" in text and "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "e").exists()  # a failed run leaves no empty output folder
+
     missing = run([a if a != str(pairs) else str(tmp_path / "no-such-folder") for a in base], launcher=False)
     text = missing.stdout + missing.stderr
     assert missing.returncode != 0 and "no-such-folder" in text and "Traceback" not in text
@@ -170,3 +184,169 @@ def test_clear_errors(tiny_pix2pix_dir, pairs, tmp_path):
     unreachable = run(hub_args, launcher=False, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert unreachable.returncode != 0 and "someone/not-a-real-model" in unreachable.stdout + unreachable.stderr
     assert time.monotonic() - start < 120
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 6: mixed precision, secrets, steps, checkpoints, validation size, input checks, cards, help
+
+
+@pytest.fixture(scope="module")
+def script():
+    """The training script as a module (its parser and helpers), without running it."""
+    spec = importlib.util.spec_from_file_location("instruct_pix2pix_loca", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_flag_has_help_and_shows_its_default(script):
+    parser = script.build_parser()
+    assert parser.formatter_class is __import__("argparse").ArgumentDefaultsHelpFormatter
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 60
+    missing = [a.option_strings[0] for a in flags if not (a.help or "").strip()]
+    assert not missing, f"flags without help: {missing}"
+    text = parser.format_help()
+    assert "(default: 256)" in text and "(default: None)" in text
+
+
+def test_default_dataset_id_is_one_constant(script):
+    from loca_diffusion.data import DEFAULT_DATASET_NAME
+
+    assert DEFAULT_DATASET_NAME == "instruction-tuning-sd/cartoonization"
+    assert script.build_parser().get_default("dataset_name") == DEFAULT_DATASET_NAME
+    readme = (ROOT / "README.md").read_text()
+    named = re.findall(r"--dataset_name\s+(\S+)", readme)
+    assert named and set(named) == {DEFAULT_DATASET_NAME}
+    # no other spelling of the set anywhere in the package, the script or the README
+    sources = [ROOT / "README.md", SCRIPT, *sorted((ROOT / "loca_diffusion").rglob("*.py"))]
+    for path in sources:
+        ids = set(re.findall(r"instruction-tuning-[\w-]+/[\w-]+", path.read_text()))
+        assert ids <= {DEFAULT_DATASET_NAME}, (path, ids)
+
+
+def test_steps_default_to_none_and_flag_values_are_checked(script, capsys):
+    base = ["--train_data_dir", "pairs"]
+    args = script.parse_args(base)
+    assert args.max_train_steps is None and args.num_train_epochs == 100  # diffusers: epochs decide
+    assert args.dataset_name is None  # the local folder is what is used
+    for bad, named in (
+        (["--lora_rank", "0"], "--lora_rank"),
+        (["--resolution", "60"], "multiple of 8"),
+        (["--resolution", "0"], "multiple of 8"),
+        (["--max_train_steps", "0"], "--max_train_steps"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            script.parse_args(base + bad)
+        assert exit_info.value.code == 2 and named in capsys.readouterr().err, bad
+
+
+def files_containing(folder: Path, needle: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize("adapter", ["loca", "lora"])
+def test_bf16_mixed_precision_validates_and_writes_the_card(tiny_pix2pix_dir, pairs, tmp_path, adapter):
+    from PIL import Image
+
+    # a validation image larger than --resolution and not square: validation runs at the training size
+    big = tmp_path / "big.png"
+    Image.open(next((pairs / "original").iterdir())).resize((72, 48)).save(big)
+    out = tmp_path / adapter
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--adapter", adapter, "--validation_image", str(big)]
+    command = [str(ACCELERATE), "launch", "--num_machines", "1", "--num_processes", "1", "--cpu", "--mixed_precision", "bf16", "--dynamo_backend", "no", str(SCRIPT)]
+    result = subprocess.run(command + args, capture_output=True, text=True, env=script_env(), timeout=300)
+    output = ok(result)
+    assert "Running validation at step 2" in output
+    assert image_size(out / "validation" / "step-000002.png") == (2 * 32, 32)  # input + 1 edit, at 32 px
+    assert image_size(out / "samples.png") == (2 * 32, 32)
+    for line in ("Num examples = 6", "Num Epochs = 1", "Instantaneous batch size per device = 1",
+                 "Total train batch size (w. parallel, distributed & accumulation) = 2",
+                 "Gradient Accumulation steps = 2", "Total optimization steps = 2"):
+        assert line in output, line
+
+    card = (out / "README.md").read_text()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_pix2pix_dir)
+    hyperparameters = json.loads(card.split("```json")[1].split("```")[0])
+    assert hyperparameters["mixed_precision"] == "bf16"
+    assert hyperparameters["train_data_dir"] == str(pairs) and "dataset_name" not in hyperparameters
+    assert "datasets:" not in card.split("---")[1]  # local data: no Hub dataset in the card metadata
+    if adapter == "lora":
+        assert "# LoRA adapter for InstructPix2Pix" in card and "tags: [lora," in card
+        assert "pipe.load_lora_weights(" in card
+        assert "load_loca" not in card and "LoCA" not in card and "location_lr" not in hyperparameters
+    else:
+        assert "# LoCA adapter for InstructPix2Pix" in card and "tags: [loca," in card
+        assert "pipe.load_loca(" in card and "lora_rank" not in hyperparameters
+
+
+def test_hub_token_is_never_written_and_a_failed_push_exits_nonzero(tiny_pix2pix_dir, pairs, tmp_path):
+    token = "hf_doNotWriteMe0123456789abcdef"
+    out = tmp_path / "push"
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--push_to_hub", "--hub_token", token]
+    result = run(args, env={"HF_HUB_OFFLINE": "1"}, launcher=False)  # the launcher echoes a failed command line
+    text = result.stdout + result.stderr
+    for saved in ("adapter_model.safetensors", "adapter_config.json", "README.md", "samples.png", "checkpoint-2"):
+        assert (out / saved).exists(), saved  # saved before the upload was tried
+    assert next((out / "logs").rglob("hparams.yml")).is_file()
+    assert files_containing(out, token) == []
+    assert token not in text
+    assert result.returncode != 0, text[-3000:]  # the upload failed: the run did not succeed
+    assert "error: --push_to_hub failed" in text and "hf upload" in text
+
+
+def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2pix_dir, pairs, tmp_path):
+    out = tmp_path / "epochs"
+    # 6 pairs, batch 1, accumulation 2: 3 optimizer steps per epoch
+    first = ok(run(common_args(tiny_pix2pix_dir, pairs, out, None) + ["--num_train_epochs", "1"], timeout=150))
+    assert "Total optimization steps = 3" in first and "Num Epochs = 1" in first
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+    # a save interrupted at step 8 (a checkpoint folder without its completion record)
+    broken = out / "checkpoint-8" / "adapter"
+    broken.mkdir(parents=True)
+    (broken / "adapter_model.safetensors").write_bytes(b"half written")
+    second = ok(run(common_args(tiny_pix2pix_dir, pairs, out, None) + ["--num_train_epochs", "2", "--resume_from_checkpoint", "latest"], timeout=150))
+    assert "skipping incomplete checkpoint" in second and "checkpoint-8" in second
+    assert re.search(r"Resuming from \S*checkpoint-2\b", second)
+    assert "Total optimization steps = 6" in second
+    assert json.loads((out / "checkpoint-6" / "checkpoint_info.json").read_text()) == {"global_step": 6, "adapter": "loca"}
+    assert not list(out.glob(".checkpoint-*"))  # no temporary folder left
+
+
+def test_input_errors_are_reported_before_the_model_loads(pairs, pairs_with_bad_prompts, tmp_path):
+    # the model is an unreachable Hub id: an input error reported instead proves inputs come first
+    def start(*extra: str, output: Path | None = None, data: Path = pairs):
+        output = output or tmp_path / "never-created"
+        base = common_args(Path("someone/not-a-real-model"), data, output, 2)
+        result = run(base + list(extra), launcher=False, env={"HF_HUB_OFFLINE": "1"})
+        text = result.stdout + result.stderr
+        assert result.returncode == 2 and "Traceback" not in text and "not-a-real-model" not in text, text[-3000:]
+        return text
+
+    bad_rows, rows = pairs_with_bad_prompts(pairs, missing=2, empty=4)
+    text = start(data=bad_rows)
+    assert "2 row(s)" in text and "row 2" in text and "row 4" in text and rows[2]["original_image_file_name"] in text
+
+    text = start("--validation_image", str(tmp_path / "no-such-image.png"))
+    assert "--validation_image" in text and "no-such-image.png" in text
+
+    text = start("--resume_from_checkpoint", str(tmp_path / "checkpoint-typo"))
+    assert "checkpoint-typo" in text and "--resume_from_checkpoint" in text
+    assert not (tmp_path / "never-created").exists()  # failed runs leave no empty output folder
+
+    # checkpoints of a LoCA run; training LoRA into that folder would mix the two
+    mixed = tmp_path / "mixed"
+    (mixed / "checkpoint-2").mkdir(parents=True)
+    (mixed / "checkpoint-2" / "checkpoint_info.json").write_text(json.dumps({"global_step": 2, "adapter": "loca"}))
+    text = start("--adapter", "lora", "--resume_from_checkpoint", "latest", output=mixed)
+    assert "another adapter type" in text and "loca" in text and "checkpoint-2" in text

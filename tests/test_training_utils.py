@@ -1,6 +1,7 @@
 """Training helpers: conditioning dropout statistics, budget matching, location pictures, saving."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +11,17 @@ from PIL import Image
 
 from loca_diffusion import LoCAConfig
 from loca_diffusion.training import (
+    CHECKPOINT_INFO_FILE,
     build_adapter_config,
+    checkpoint_dirs,
     conditioning_dropout,
     count_moved_locations,
     image_grid,
+    latest_checkpoint,
     location_heatmap,
     location_snapshot,
     save_adapter,
+    save_checkpoint,
     trainable_parameter_count,
     write_model_card,
 )
@@ -90,7 +95,7 @@ def test_location_snapshot_heatmap_and_saving(tmp_path):
     torch.testing.assert_close(
         reloaded.base_model.model.to_q.get_locations("default"), layer.get_locations("default")
     )
-    card = write_model_card(tmp_path, "tiny", "pairs", "loca", {"lr": 1e-4}, 400, sample_grid="s.png", heatmap="l.png")
+    card = write_model_card(tmp_path, "tiny", "loca", {"lr": 1e-4}, 400, train_data_dir="pairs", sample_grid="s.png", heatmap="l.png")
     text = card.read_text()
     assert "400" in text and "s.png" in text and "l.png" in text and "load_loca" in text
 
@@ -116,3 +121,78 @@ def test_push_to_hub_fails_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(HubUnavailableError, match="me/adapter") as info:
         push_to_hub(tmp_path, "me/adapter")
     assert "hf upload" in str(info.value) and time.monotonic() - start < 5
+
+
+def front_matter(card: str) -> str:
+    return card.split("---")[1]
+
+
+@pytest.mark.parametrize(
+    "adapter, title, usage, foreign",
+    [
+        ("loca", "# LoCA adapter for InstructPix2Pix", "pipe.load_loca(", ["load_lora_weights", "PeftModel"]),
+        ("lora", "# LoRA adapter for InstructPix2Pix", "pipe.load_lora_weights(", ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"]),
+        ("fourierft", "# FourierFT adapter for InstructPix2Pix", "PeftModel.from_pretrained(pipe.unet,", ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"]),
+    ],
+)
+def test_model_card_per_adapter_type(tmp_path, adapter, title, usage, foreign):
+    hub = write_model_card(tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, dataset_name="me/pairs").read_text()
+    assert title in hub and usage in hub and f"tags: [{adapter}," in hub
+    assert 'from_pretrained("timbrooks/instruct-pix2pix")' in hub
+    assert "datasets: [me/pairs]" in front_matter(hub) and "me/pairs" in hub
+    for word in foreign:
+        assert word not in hub, word
+    local = write_model_card(tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, train_data_dir="/data/pairs").read_text()
+    assert "datasets:" not in front_matter(local) and "/data/pairs" in local and "me/pairs" not in local
+    with pytest.raises(ValueError, match="adapter"):
+        write_model_card(tmp_path, "base", "LOCA", {}, 1)
+
+
+def test_lora_rank_zero_is_an_error():
+    model = nn.Sequential(Attn())
+    assert build_adapter_config("lora", model, TARGETS, lora_rank=None).r == 4
+    with pytest.raises(ValueError, match="lora_rank"):
+        build_adapter_config("lora", model, TARGETS, lora_rank=0)
+
+
+class FakeAccelerator:
+    """accelerate's save_state writes several files per checkpoint; ``fail_after`` interrupts it."""
+
+    is_main_process = True
+
+    def __init__(self, fail_after: int | None = None):
+        self.fail_after = fail_after
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, output_dir):
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(["adapter_model.safetensors", "optimizer.bin", "random_states_0.pkl"]):
+            if self.fail_after is not None and i == self.fail_after:
+                raise KeyboardInterrupt
+            (folder / name).write_text(name)
+
+
+def test_checkpoint_save_is_atomic_and_latest_skips_incomplete(tmp_path, caplog):
+    save_checkpoint(FakeAccelerator(), tmp_path, 2, "loca")
+    assert json.loads((tmp_path / "checkpoint-2" / CHECKPOINT_INFO_FILE).read_text()) == {"global_step": 2, "adapter": "loca"}
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of the step-4 save
+        save_checkpoint(FakeAccelerator(fail_after=2), tmp_path, 4, "loca")
+    assert not (tmp_path / "checkpoint-4").exists()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    save_checkpoint(FakeAccelerator(), tmp_path, 4, "loca")  # the next save replaces the leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / "random_states_0.pkl").is_file()
+
+    # a checkpoint folder from a save that did not finish (older script, copied by hand, ...)
+    (tmp_path / "checkpoint-6" / "adapter").mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-6" in caplog.text
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+    # the total limit keeps the newest complete ones
+    save_checkpoint(FakeAccelerator(), tmp_path, 8, "loca", total_limit=2)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*") if (p / CHECKPOINT_INFO_FILE).exists()) == ["checkpoint-4", "checkpoint-8"]

@@ -4,10 +4,11 @@
     accelerate launch train/instruct_pix2pix_loca.py \
         --pretrained_model_name_or_path timbrooks/instruct-pix2pix \
         --dataset_name instruction-tuning-sd/cartoonization \
-        --output_dir loca-cartoonizer
+        --max_train_steps 10000 --output_dir loca-cartoonizer
 
 Defaults follow the paper's Table 11 (LoCA on to_q/to_k/to_v/to_out.0, AdamW, weight decay 1e-2,
-lr 1e-4, scaling 1, batch 2, gradient accumulation 4, 10 000 steps, T_s = 1200). Reads top to bottom
+lr 1e-4, scaling 1, batch 2, gradient accumulation 4, T_s = 1200); its 10 000 steps are
+``--max_train_steps 10000`` (without it, ``--num_train_epochs`` decides, as in diffusers). Reads top to bottom
 like diffusers' train_instruct_pix2pix.py; data, adapter, checkpoint and picture helpers live in the
 ``loca_diffusion`` package.
 """
@@ -18,9 +19,9 @@ import argparse
 import logging
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn, Optional
 
 import numpy as np
 import torch
@@ -32,21 +33,36 @@ from tqdm.auto import tqdm
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
 from loca_diffusion import LoCASchedule
-from loca_diffusion.data import collate_fn, load_edit_dataset, make_train_dataset
+from loca_diffusion.data import (
+    DEFAULT_DATASET_NAME,
+    DEFAULT_EDIT_PROMPT_COLUMN,
+    DEFAULT_EDITED_IMAGE_COLUMN,
+    DEFAULT_ORIGINAL_IMAGE_COLUMN,
+    EditPairTransform,
+    collate_fn,
+    load_edit_dataset,
+    make_train_dataset,
+)
 from loca_diffusion.hub import HubUnavailableError
+from loca_diffusion.images import load_rgb
 from loca_diffusion.training import (
     ADAPTERS,
+    CHECKPOINT_INFO_FILE,
     UNET_ATTENTION_TARGETS,
     build_adapter_config,
     check_replicas_in_sync,
+    checkpoint_info,
+    complete_checkpoints,
     conditioning_dropout,
     count_moved_locations,
     image_grid,
+    latest_checkpoint,
     location_heatmap,
     location_snapshot,
     push_to_hub,
     register_checkpoint_hooks,
     save_adapter,
+    save_checkpoint,
     trainable_parameter_count,
     write_model_card,
 )
@@ -54,87 +70,166 @@ from loca_diffusion.training import (
 logger = get_logger(__name__, log_level="INFO")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags (diffusers' names where diffusers has the same flag), each with help and default."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # model
-    p.add_argument("--pretrained_model_name_or_path", default="timbrooks/instruct-pix2pix")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--variant", default=None)
+    p.add_argument("--pretrained_model_name_or_path", default="timbrooks/instruct-pix2pix", help="InstructPix2Pix pipeline: Hub id or local directory.")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the pretrained pipeline.")
+    p.add_argument("--variant", default=None, help="Weight file variant of the pretrained pipeline, e.g. fp16.")
     # data
-    p.add_argument("--dataset_name", default="instruction-tuning-sd/cartoonization")
-    p.add_argument("--dataset_config_name", default=None)
+    p.add_argument("--dataset_name", default=DEFAULT_DATASET_NAME, help="Hub dataset of edit pairs (ignored when --train_data_dir is given).")
+    p.add_argument("--dataset_config_name", default=None, help="Config of --dataset_name, if it has several.")
     p.add_argument("--train_data_dir", default=None, help="Local imagefolder with metadata.jsonl (wins over --dataset_name).")
-    p.add_argument("--original_image_column", default="original_image")
-    p.add_argument("--edited_image_column", default="cartoonized_image")
-    p.add_argument("--edit_prompt_column", default="edit_prompt")
+    p.add_argument("--original_image_column", default=DEFAULT_ORIGINAL_IMAGE_COLUMN, help="Column of the images before the edit.")
+    p.add_argument("--edited_image_column", default=DEFAULT_EDITED_IMAGE_COLUMN, help="Column of the images after the edit.")
+    p.add_argument("--edit_prompt_column", default=DEFAULT_EDIT_PROMPT_COLUMN, help="Column of the edit instructions.")
     p.add_argument("--sample_paraphrases", action="store_true", help="Draw a fresh paraphrased instruction per example.")
-    p.add_argument("--max_train_samples", type=int, default=None)
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--dataloader_num_workers", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--center_crop", action="store_true")
-    p.add_argument("--random_flip", action="store_true")
-    p.add_argument("--conditioning_dropout_prob", type=float, default=0.05)
+    p.add_argument("--max_train_samples", type=int, default=None, help="Train on this many rows (a seeded random subset).")
+    p.add_argument("--cache_dir", default=None, help="Cache directory for downloaded models and datasets.")
+    p.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process).")
+    p.add_argument("--resolution", type=int, default=256, help="Training (and validation) image size; a positive multiple of 8.")
+    p.add_argument("--center_crop", action="store_true", help="Centre crops instead of random crops.")
+    p.add_argument("--random_flip", action="store_true", help="Flip both images of a pair left-right with probability 1/2.")
+    p.add_argument("--conditioning_dropout_prob", type=float, default=0.05, help="InstructPix2Pix conditioning dropout p, in [0, 1/3).")
     # optimisation
-    p.add_argument("--output_dir", default="instruct-pix2pix-loca")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--train_batch_size", type=int, default=2)
-    p.add_argument("--num_train_epochs", type=int, default=100)
-    p.add_argument("--max_train_steps", type=int, default=10_000)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=4)
-    p.add_argument("--gradient_checkpointing", action="store_true")
-    p.add_argument("--learning_rate", type=float, default=1e-4)
-    p.add_argument("--scale_lr", action="store_true")
-    p.add_argument("--lr_scheduler", default="constant")
-    p.add_argument("--lr_warmup_steps", type=int, default=0)
-    p.add_argument("--use_8bit_adam", action="store_true")
-    p.add_argument("--adam_beta1", type=float, default=0.9)
-    p.add_argument("--adam_beta2", type=float, default=0.999)
-    p.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    p.add_argument("--adam_epsilon", type=float, default=1e-8)
-    p.add_argument("--max_grad_norm", type=float, default=1.0)
-    p.add_argument("--allow_tf32", action="store_true")
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true")
+    p.add_argument("--output_dir", default="instruct-pix2pix-loca", help="Where the adapter, checkpoints, logs and pictures go.")
+    p.add_argument("--seed", type=int, default=None, help="Seed for a reproducible run.")
+    p.add_argument("--train_batch_size", type=int, default=2, help="Batch size per device.")
+    p.add_argument("--num_train_epochs", type=int, default=100, help="Epochs to train (used when --max_train_steps is not given).")
+    p.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps to train; overrides --num_train_epochs.")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=4, help="Batches accumulated per optimizer step.")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory in the UNet.")
+    p.add_argument("--learning_rate", type=float, default=1e-4, help="Learning rate of the adapter coefficients.")
+    p.add_argument("--scale_lr", action="store_true", help="Multiply the learning rates by accumulation x batch size x processes.")
+    p.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, linear, cosine, constant_with_warmup, ...")
+    p.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps of the learning-rate scheduler.")
+    p.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
+    p.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    p.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    p.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay (not applied to LoCA locations).")
+    p.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
+    p.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere and newer GPUs.")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Mixed precision (default: accelerate's config).")
+    p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention (default: PyTorch SDPA).")
     # adapter
-    p.add_argument("--adapter", choices=ADAPTERS, default="loca")
-    p.add_argument("--target_modules", default=",".join(UNET_ATTENTION_TARGETS))
+    p.add_argument("--adapter", choices=ADAPTERS, default="loca", help="Adapter to train: LoCA or a baseline.")
+    p.add_argument("--target_modules", default=",".join(UNET_ATTENTION_TARGETS), help="Comma-separated UNet module names to adapt.")
     p.add_argument("--n_frequency", type=int, default=1000, help="LoCA / FourierFT coefficients per layer.")
     p.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
-    p.add_argument("--location_lr", type=float, default=1e-4)
-    p.add_argument("--coefficient_steps", type=int, default=10, help="B_a")
-    p.add_argument("--location_steps", type=int, default=20, help="B_l")
-    p.add_argument("--location_training_steps", type=int, default=1200, help="T_s")
-    p.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central")
-    p.add_argument("--schedule_variant", choices=["alternating", "fixed", "alternate_throughout", "joint"], default="alternating")
-    p.add_argument("--random_loc_seed", type=int, default=777)
-    p.add_argument("--fourierft_scaling", type=float, default=64.0)
-    p.add_argument("--lora_rank", type=int, default=4)
-    p.add_argument("--lora_alpha", type=float, default=None)
+    p.add_argument("--location_lr", type=float, default=1e-4, help="LoCA: learning rate of the locations.")
+    p.add_argument("--coefficient_steps", type=int, default=10, help="LoCA: coefficient steps per alternation (B_a).")
+    p.add_argument("--location_steps", type=int, default=20, help="LoCA: location steps per alternation (B_l).")
+    p.add_argument("--location_training_steps", type=int, default=1200, help="LoCA: steps after which locations freeze (T_s).")
+    p.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central", help="LoCA: finite-difference location gradient.")
+    p.add_argument(
+        "--schedule_variant", choices=["alternating", "fixed", "alternate_throughout", "joint"], default="alternating", help="LoCA: location schedule (paper ablations)."
+    )
+    p.add_argument("--random_loc_seed", type=int, default=777, help="LoCA: seed of the initial locations.")
+    p.add_argument("--fourierft_scaling", type=float, default=64.0, help="FourierFT scaling.")
+    p.add_argument("--lora_rank", type=int, default=4, help="LoRA rank (>= 1).")
+    p.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
     p.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's parameter count.")
     # checkpoints, validation, logging
-    p.add_argument("--checkpointing_steps", type=int, default=500)
-    p.add_argument("--checkpoints_total_limit", type=int, default=None)
-    p.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest".')
-    p.add_argument("--validation_prompt", default="Change the natural image to a cartoon-style image.")
+    p.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N optimizer steps.")
+    p.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    p.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest" (of --output_dir).')
+    p.add_argument("--validation_prompt", default="Change the natural image to a cartoon-style image.", help="Instruction of the validation edits.")
     p.add_argument("--validation_image", default=None, help="Local image path for validation (default: first training image).")
-    p.add_argument("--num_validation_images", type=int, default=2)
+    p.add_argument("--num_validation_images", type=int, default=2, help="Edits generated per validation.")
     p.add_argument("--validation_steps", type=int, default=None, help="Validate every N optimizer steps.")
-    p.add_argument("--validation_epochs", type=int, default=None)
-    p.add_argument("--validation_inference_steps", type=int, default=20)
-    p.add_argument("--report_to", default="tensorboard")
-    p.add_argument("--logging_dir", default="logs")
+    p.add_argument("--validation_epochs", type=int, default=None, help="Validate every N epochs.")
+    p.add_argument("--validation_inference_steps", type=int, default=20, help="Denoising steps of the validation edits.")
+    p.add_argument("--report_to", default="tensorboard", help='Tracker: tensorboard, wandb, ... or "none".')
+    p.add_argument("--logging_dir", default="logs", help="Tracker logs, relative to --output_dir.")
     p.add_argument("--push_to_hub", action="store_true", help="Upload the trained adapter directory to the Hub.")
     p.add_argument("--hub_model_id", default=None, help="Repo for --push_to_hub (default: the output folder name).")
-    p.add_argument("--hub_token", default=None)
+    p.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (never written anywhere; `hf auth login` is safer).")
+    return p
+
+
+# flags that are never recorded (model card, trackers): secrets and per-process details
+UNRECORDED_ARGS = frozenset({"hub_token", "local_rank"})
+ADAPTER_ONLY_ARGS = {
+    "loca": {"scaling", "location_lr", "coefficient_steps", "location_steps", "location_training_steps", "location_grad", "schedule_variant", "random_loc_seed"},
+    "fourierft": {"fourierft_scaling"},
+    "lora": {"lora_rank", "lora_alpha"},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.dataset_name is None and args.train_data_dir is None:
+    if args.train_data_dir:
+        args.dataset_name = args.dataset_config_name = None  # the local folder is what is used (and recorded)
+    elif not args.dataset_name:
         p.error("Pass --dataset_name or --train_data_dir")
     if not 0 <= args.conditioning_dropout_prob < 1 / 3:
         p.error("--conditioning_dropout_prob must be in [0, 1/3)")
+    if args.resolution < 8 or args.resolution % 8:
+        p.error(f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}")
+    if args.lora_rank < 1:
+        p.error(f"--lora_rank must be >= 1, got {args.lora_rank}")
+    for flag in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "checkpointing_steps", "num_validation_images"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("max_train_steps", "validation_steps", "validation_epochs", "checkpoints_total_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     env_rank = int(os.environ.get("LOCAL_RANK", -1))
     args.local_rank = env_rank
     return args
+
+
+def recorded_hyperparameters(args: argparse.Namespace) -> dict:
+    """The flags to record in the model card and the trackers: no secrets, nothing of the other adapters."""
+    other_adapters = set().union(*(names for adapter, names in ADAPTER_ONLY_ARGS.items() if adapter != args.adapter))
+    unused_data = {"train_data_dir"} if not args.train_data_dir else {"dataset_name", "dataset_config_name"}
+    return {k: v for k, v in vars(args).items() if k not in UNRECORDED_ARGS | other_adapters | unused_data}
+
+
+def fail(message: str) -> NoReturn:
+    """A user error: one ``error:`` line, exit status 2 (as argparse), no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_inputs(args: argparse.Namespace) -> Optional[Path]:
+    """Everything about the run's inputs that can be wrong, checked before the (slow) model load: the
+    output folder, the checkpoint to resume from, the validation image. Returns the checkpoint."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        fail(f"--output_dir {output_dir} exists and is not a folder")
+    others = [c for c in complete_checkpoints(output_dir) if checkpoint_info(c).get("adapter") != args.adapter]
+    if others:
+        kinds = sorted({str(checkpoint_info(c).get("adapter")) for c in others})
+        fail(
+            f"--output_dir {output_dir} holds checkpoints of another adapter type ({', '.join(kinds)}: "
+            f"{', '.join(c.name for c in others)}); training a {args.adapter} adapter there would mix them. "
+            f"Pass another --output_dir or move those checkpoints away."
+        )
+    resume = None
+    if args.resume_from_checkpoint == "latest":
+        resume = latest_checkpoint(output_dir)
+        if resume is None:
+            logger.info(f"no complete checkpoint in {output_dir}; starting a new run")
+    elif args.resume_from_checkpoint:
+        given = Path(args.resume_from_checkpoint)
+        resume = next((c for c in (given, output_dir / given) if c.is_dir()), None)
+        if resume is None:
+            fail(f"--resume_from_checkpoint {given}: no such checkpoint folder (pass a checkpoint-N folder or 'latest')")
+        info = checkpoint_info(resume)
+        if info is None:
+            fail(f"--resume_from_checkpoint {resume} is not a complete checkpoint (no {CHECKPOINT_INFO_FILE}; an interrupted save?)")
+        if info.get("adapter") != args.adapter:
+            fail(f"--resume_from_checkpoint {resume} holds a {info.get('adapter')} adapter, not --adapter {args.adapter}")
+    if args.validation_image:
+        try:
+            load_rgb(args.validation_image)
+        except OSError as error:
+            fail(f"--validation_image {args.validation_image}: {error}")
+    return resume
 
 
 def load_components(args):
@@ -154,15 +249,15 @@ def load_components(args):
     return root, noise_scheduler, tokenizer, text_encoder, vae, unet
 
 
-def checkpoint_dirs(output_dir: str) -> list[Path]:
-    dirs = [d for d in Path(output_dir).glob("checkpoint-*") if d.is_dir()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
 @torch.no_grad()
 def run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, image, step, weight_dtype):
+    """Edit ``image`` (already at the training resolution) with the current adapter; save and log the grid."""
     from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
 
+    logger.info(
+        f"Running validation at step {step}: {args.num_validation_images} edit(s) of a {image.width}x{image.height} "
+        f"image, {args.validation_inference_steps} denoising steps, prompt: {args.validation_prompt!r}"
+    )
     pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
         root,
         unet=accelerator.unwrap_model(unet),
@@ -179,8 +274,9 @@ def run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, 
     generator = torch.Generator(device="cpu").manual_seed(args.seed if args.seed is not None else 0)
     was_training = unet.training
     unet.eval()
-    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-        # validation must not shift the training's random stream (resumed runs replay it exactly)
+    # validation must not shift the training's random stream (resumed runs replay it exactly); autocast:
+    # the fp32 adapter makes the UNet return fp32 latents, which the fp16/bf16 VAE must accept
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), accelerator.autocast():
         edited = [
             pipe(
                 args.validation_prompt,
@@ -193,7 +289,7 @@ def run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, 
             for _ in range(args.num_validation_images)
         ]
     unet.train(was_training)
-    grid = image_grid([image.resize(edited[0].size)] + edited, columns=len(edited) + 1)
+    grid = image_grid([image] + edited, columns=len(edited) + 1)
     out = Path(args.output_dir) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     grid.save(out / f"step-{step:06d}.png")
@@ -220,49 +316,73 @@ def main(argv=None) -> None:
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    args.mixed_precision = accelerator.mixed_precision  # as resolved with accelerate's config, for the record
     if args.seed is not None:
         set_seed(args.seed)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    # 1. Frozen base model; only the adapter trains (and stays fp32 under mixed precision).
+    # 1. Inputs first (output folder, checkpoint, data, validation image): a mistake costs no model load
+    #    and leaves no empty output folder behind.
+    resume_path = check_inputs(args)
+    try:
+        dataset = load_edit_dataset(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            train_data_dir=args.train_data_dir,
+            original_image_column=args.original_image_column,
+            edit_prompt_column=args.edit_prompt_column,
+            edited_image_column=args.edited_image_column,
+            max_train_samples=args.max_train_samples,
+            cache_dir=args.cache_dir,
+            seed=args.seed,
+        )
+    except (HubUnavailableError, OSError, ValueError) as error:
+        fail(str(error))
+    pair_transform = EditPairTransform(args.resolution, center_crop=True)
+    # validation sees what training sees: the same resize to --resolution
+    validation_image = pair_transform.validation_view(
+        load_rgb(args.validation_image) if args.validation_image else load_rgb(dataset[0][args.original_image_column])
+    )
+
+    # 2. Frozen base model; only the adapter trains (and stays fp32 under mixed precision).
     try:
         root, noise_scheduler, tokenizer, text_encoder, vae, unet = load_components(args)
     except HubUnavailableError as error:
-        sys.exit(f"error: {error}")
+        fail(str(error))
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae.to(accelerator.device, dtype=weight_dtype)
     text_encoder.to(accelerator.device, dtype=weight_dtype)
     unet.to(accelerator.device, dtype=weight_dtype)
-
     target_modules = [t.strip() for t in args.target_modules.split(",") if t.strip()]
-    adapter_config = build_adapter_config(
-        args.adapter,
-        unet,
-        target_modules,
-        n_frequency=args.n_frequency,
-        scaling=args.scaling,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        fourierft_scaling=args.fourierft_scaling,
-        match_budget=args.match_budget,
-        **(
-            dict(
-                location_grad=args.location_grad,
-                random_loc_seed=args.random_loc_seed,
-                location_lr=args.location_lr,
-                coefficient_steps=args.coefficient_steps,
-                location_steps=args.location_steps,
-                location_training_steps=args.location_training_steps,
-                schedule_variant=args.schedule_variant,
-            )
-            if args.adapter == "loca"
-            else {}
-        ),
-    )
-    unet.add_adapter(adapter_config)
+    try:  # a wrong --target_modules / --n_frequency is the user's: one line, no traceback
+        adapter_config = build_adapter_config(
+            args.adapter,
+            unet,
+            target_modules,
+            n_frequency=args.n_frequency,
+            scaling=args.scaling,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            fourierft_scaling=args.fourierft_scaling,
+            match_budget=args.match_budget,
+            **(
+                dict(
+                    location_grad=args.location_grad,
+                    random_loc_seed=args.random_loc_seed,
+                    location_lr=args.location_lr,
+                    coefficient_steps=args.coefficient_steps,
+                    location_steps=args.location_steps,
+                    location_training_steps=args.location_training_steps,
+                    schedule_variant=args.schedule_variant,
+                )
+                if args.adapter == "loca"
+                else {}
+            ),
+        )
+        unet.add_adapter(adapter_config)
+    except ValueError as error:
+        fail(f"--adapter {args.adapter}: {error}")
     for p in unet.parameters():  # adapters in fp32 whatever the base dtype
         if p.requires_grad:
             p.data = p.data.float()
@@ -275,7 +395,7 @@ def main(argv=None) -> None:
     n_trainable = trainable_parameter_count(unet)
     logger.info(f"{args.adapter}: {n_trainable:,} trainable parameters (LoCA locations not counted)")
 
-    # 2. Optimizer: LoCA's locations get their own group (own lr, no weight decay).
+    # 3. Optimizer: LoCA's locations get their own group (own lr, no weight decay).
     schedule = None
     if args.adapter == "loca":
         schedule = LoCASchedule(unet)
@@ -292,7 +412,7 @@ def main(argv=None) -> None:
         try:
             import bitsandbytes as bnb
         except ImportError:
-            sys.exit("error: --use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
+            fail("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
         optimizer_cls = bnb.optim.AdamW8bit
     else:
         optimizer_cls = torch.optim.AdamW
@@ -301,21 +421,7 @@ def main(argv=None) -> None:
     )
     trainable = [p for group in groups for p in group["params"]]  # a list, not a one-shot iterator
 
-    # 3. Data: both images get the same crop and flip; prompts are tokenised up front.
-    try:
-        dataset = load_edit_dataset(
-            dataset_name=None if args.train_data_dir else args.dataset_name,
-            dataset_config_name=args.dataset_config_name,
-            train_data_dir=args.train_data_dir,
-            original_image_column=args.original_image_column,
-            edit_prompt_column=args.edit_prompt_column,
-            edited_image_column=args.edited_image_column,
-            max_train_samples=args.max_train_samples,
-            cache_dir=args.cache_dir,
-            seed=args.seed,
-        )
-    except (HubUnavailableError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    # 4. Data: both images get the same crop and flip; prompts are tokenised up front.
     train_dataset = make_train_dataset(
         dataset,
         tokenizer,
@@ -336,16 +442,13 @@ def main(argv=None) -> None:
         num_workers=args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(args.seed) if args.seed is not None else None,
     )
-    validation_image = (
-        _open_image(args.validation_image) if args.validation_image else dataset[0][args.original_image_column].convert("RGB")
-    )
 
-    # 4. Schedule of steps; warmup and total steps count optimizer steps on every process.
+    # 5. Schedule of steps (as diffusers): optimizer steps per epoch on each process after sharding;
+    #    --max_train_steps, when not given, from --num_train_epochs.
     from diffusers.optimization import get_scheduler
 
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    updates_per_epoch = math.ceil(math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -354,28 +457,35 @@ def main(argv=None) -> None:
     )
     register_checkpoint_hooks(accelerator, unet)
     unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # the prepared (sharded) loader
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     if schedule is not None:
         accelerator.register_for_checkpointing(schedule)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("instruct-pix2pix-loca", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    if accelerator.is_main_process:  # the first write: a run that failed before leaves no empty folder
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in recorded_hyperparameters(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("instruct-pix2pix-loca", config=config)
 
-    # 5. Resume.
+    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training *****")
+    logger.info(f"  Num examples = {len(train_dataset)}")
+    logger.info(f"  Num Epochs = {num_epochs}")
+    logger.info(f"  Instantaneous batch size per device = {args.train_batch_size}")
+    logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
+    logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
+    logger.info(f"  Total optimization steps = {max_train_steps}")
+
+    # 6. Resume.
     global_step, first_epoch = 0, 0
-    if args.resume_from_checkpoint:
-        path = checkpoint_dirs(args.output_dir)[-1] if args.resume_from_checkpoint == "latest" and checkpoint_dirs(args.output_dir) else None
-        if args.resume_from_checkpoint != "latest":
-            path = Path(args.resume_from_checkpoint)
-        if path is None or not path.is_dir():
-            accelerator.print(f"Checkpoint '{args.resume_from_checkpoint}' not found; starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {path}")
-            accelerator.load_state(str(path))
-            global_step = int(path.name.split("-")[1])
-            first_epoch = global_step // updates_per_epoch
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_info(resume_path)["global_step"]
+        first_epoch = global_step // updates_per_epoch
     if schedule is not None and schedule.step_count != global_step:
         raise RuntimeError(f"LoCA schedule at step {schedule.step_count}, training at {global_step}")
 
-    # 6. Train.
+    # 7. Train.
     null_conditioning = text_encoder(tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(accelerator.device))[0]
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     unwrapped = accelerator.unwrap_model(unet)
@@ -437,13 +547,8 @@ def main(argv=None) -> None:
             progress.set_postfix(**{k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()})
             accelerator.log(logs, step=global_step)
 
-            if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                if args.checkpoints_total_limit is not None:
-                    existing = checkpoint_dirs(args.output_dir)
-                    for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                        shutil.rmtree(old)
             if global_step % args.checkpointing_steps == 0:
-                accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, args.output_dir, global_step, args.adapter, args.checkpoints_total_limit)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
             if global_step >= max_train_steps:
@@ -452,49 +557,44 @@ def main(argv=None) -> None:
         if args.validation_epochs and (epoch + 1) % args.validation_epochs == 0 and accelerator.is_main_process:
             run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
 
-    # 7. Save the adapter (PEFT layout, loadable by pipe.load_loca / PeftModel.from_pretrained) and its card.
+    # 8. Save the adapter (PEFT layout, loadable by pipe.load_loca / PeftModel.from_pretrained) and its card.
     accelerator.wait_for_everyone()
     replicas = check_replicas_in_sync(accelerator, accelerator.unwrap_model(unet))
     logger.info(f"adapter replicas identical across {replicas} process(es)")
+    push_error = None
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet)
         save_adapter(unet, args.output_dir, base_model_name_or_path=args.pretrained_model_name_or_path)
-        pictures = {}
+        card = dict(
+            base_model=args.pretrained_model_name_or_path,
+            adapter=args.adapter,
+            hyperparameters=recorded_hyperparameters(args),
+            trainable_parameters=n_trainable,
+            dataset_name=args.dataset_name,
+            train_data_dir=args.train_data_dir,
+        )
+        write_model_card(args.output_dir, **card)  # before the final validation: a card even if it fails
         grid = run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
         grid.save(Path(args.output_dir) / "samples.png")
-        pictures["sample_grid"] = "samples.png"
+        card["sample_grid"] = "samples.png"
         if args.adapter == "loca":
             location_heatmap(unet).save(Path(args.output_dir) / "locations.png")
-            pictures["heatmap"] = "locations.png"
-        write_model_card(
-            args.output_dir,
-            base_model=args.pretrained_model_name_or_path,
-            dataset=args.train_data_dir or args.dataset_name,
-            adapter=args.adapter,
-            hyperparameters={k: v for k, v in vars(args).items() if k not in ("local_rank",)},
-            trainable_parameters=n_trainable,
-            **pictures,
-        )
+            card["heatmap"] = "locations.png"
+        write_model_card(args.output_dir, **card)
         if args.push_to_hub:
             try:
                 url = push_to_hub(args.output_dir, args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
                 logger.info(f"adapter uploaded to {url}")
-            except HubUnavailableError as error:
-                logger.error(f"{error} (the trained adapter is saved in {args.output_dir})")
+            except Exception as error:  # noqa: BLE001 - any upload failure: the adapter is saved, the run failed
+                push_error = f"--push_to_hub failed ({type(error).__name__}: {error}); the trained adapter is saved in {args.output_dir}"
     # every rank leaves together: a rank exiting while the main one still saves can hang gloo's teardown
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(path).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError) as error:
-        sys.exit(f"error: --validation_image {path}: {error}")
+    if push_error is not None:
+        print(f"error: {push_error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
