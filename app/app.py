@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Serve instruction-based image edits from LoCA adapters in a browser.
+
+    python app/app.py                                   # the embedded tiny model, on this machine only
+    python app/app.py --base timbrooks/instruct-pix2pix --adapters_dir my_adapters --device cuda
+
+Without ``--base`` the app runs the embedded tiny InstructPix2Pix in ``assets/`` (or, before it is
+built, a tiny pipeline with random weights built in code) on whatever adapters ``assets/adapters``
+holds. It listens on 127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # `python app/app.py`: import the `app` package, not this file
+    _root = str(Path(__file__).resolve().parents[1])
+    sys.path[:] = [_root] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline server
+
+from app.engine import (  # noqa: E402
+    DEFAULT_ADAPTERS_DIR,
+    EditEngine,
+    EditError,
+    Limits,
+)
+from app.examples import load_examples  # noqa: E402
+
+logger = logging.getLogger("loca_app")
+
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="the InstructPix2Pix pipeline: a Hub id (e.g. timbrooks/instruct-pix2pix) or a local folder "
+        "(default: the embedded tiny model in assets/tiny-instruct-pix2pix)",
+    )
+    parser.add_argument(
+        "--adapters_dir",
+        default=None,
+        help="a folder whose subfolders are LoCA adapters in the PEFT layout (default: assets/adapters)",
+    )
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="DIR_OR_HUB_ID",
+        help="one more adapter (a folder or a Hub id); repeatable",
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA in fp16 if available, else CPU fp32"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument(
+        "--max_side",
+        type=int,
+        default=None,
+        help="long side the input is fitted to, a multiple of 8 (default: the model's native resolution)",
+    )
+    parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
+    parser.add_argument("--max_megapixels", type=float, default=50.0, help="largest upload accepted, in megapixels")
+    parser.add_argument("--queue_size", type=int, default=16, help="requests waiting beyond this are turned away")
+    parser.add_argument(
+        "--examples", default=None, help="a JSON-lines file of examples (default: assets/examples/examples.jsonl)"
+    )
+    args = parser.parse_args(argv)
+    if args.max_side is not None and (args.max_side < 8 or args.max_side % 8):
+        parser.error(f"--max_side must be a positive multiple of 8, got {args.max_side}")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.queue_size < 1:
+        parser.error("--max_upload_mb, --max_megapixels and --queue_size must be positive")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build_engine(args: argparse.Namespace) -> EditEngine:
+    adapters_dir = args.adapters_dir
+    if adapters_dir is None and DEFAULT_ADAPTERS_DIR.is_dir():
+        adapters_dir = DEFAULT_ADAPTERS_DIR
+    elif adapters_dir is None:
+        logger.info("no adapters folder at %s: serving the base model and --adapter entries only", DEFAULT_ADAPTERS_DIR)
+    limits = Limits(
+        max_side=args.max_side,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+    )
+    return EditEngine.load(
+        args.base,
+        adapters_dir=adapters_dir,
+        adapters=args.adapter,
+        device=args.device,
+        limits=limits,
+    )
+
+
+def launch_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``Blocks.launch``: the host, port and caps from the command line; no share link,
+    no server-side rendering process, errors shown only as the messages the app raises."""
+    import gradio as gr
+
+    return dict(
+        server_name=args.host,
+        server_port=args.port,
+        share=bool(args.share),
+        max_file_size=int(args.max_upload_mb * 2**20),
+        show_error=False,
+        ssr_mode=False,
+        # system fonts: the page loads nothing from the internet
+        theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
+    )
+
+
+def create_app(args: argparse.Namespace):
+    """The engine and the queued Blocks, ready to launch."""
+    from app.ui import build_demo
+
+    engine = build_engine(args)
+    demo = build_demo(engine, load_examples(args.examples))
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    return engine, demo
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    if not is_loopback(args.host):
+        logger.warning("listening on %s: other machines can reach the app (there is no login)", args.host)
+    try:
+        engine, demo = create_app(args)
+    except EditError as error:
+        sys.exit(f"error: {error}")
+    logger.info("serving %s with adapters %s (input fitted to %d px)", engine.base_label, engine.adapters or "none",
+                engine.limits.max_side)
+    demo.launch(**launch_kwargs(args))
+
+
+if __name__ == "__main__":
+    main()

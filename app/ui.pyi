@@ -1,0 +1,256 @@
+"""The Gradio Blocks layout: the controls of the original InstructPix2Pix demo, plus LoCA adapters.
+
+Every event handler turns :class:`~app.engine.EditError` (and anything unexpected) into ``gr.Error``
+with a short message; no traceback reaches the browser or an API client.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+
+from .engine import NO_ADAPTER, EditEngine, EditError, EditResult
+
+logger = logging.getLogger("loca_app")
+
+# the original demo's defaults and randomisation ranges
+DEFAULT_STEPS = 20
+DEFAULT_TEXT_GUIDANCE = 7.5
+DEFAULT_IMAGE_GUIDANCE = 1.5
+RANDOM_SEED_RANGE = (0, 100_000)
+RANDOM_TEXT_GUIDANCE = (6.0, 9.0)
+RANDOM_IMAGE_GUIDANCE = (1.2, 1.8)
+KEEP_DOWNLOADS_S = 3600
+
+HELP = """
+**Text guidance** pulls the result towards the instruction; **image guidance** keeps it close to the
+input. Too little change: raise text guidance or lower image guidance. Too much: the other way round.
+A single adapter at strength 1 runs fused into the weights (as fast as the base model); other strengths
+and mixes run unfused. *Compare* runs the base model on the same seed as well.
+"""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One row of the examples table: a photo, an instruction, and the adapter to use (None: base)."""
+
+    image: str
+    instruction: str
+    adapter: Optional[str] = None
+
+from gradio.events import Dependency
+
+class UploadImage(gr.Image):
+    """``gr.Image`` whose upload errors (a file PIL cannot open) become a clear ``gr.Error``."""
+
+    is_template = True  # rendered by gradio's own image component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error("The file is not an image this app can read (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _user_error(error: Exception) -> gr.Error:
+    if isinstance(error, EditError):
+        return gr.Error(str(error))
+    logger.exception("edit failed")
+    return gr.Error(f"The edit failed ({type(error).__name__}); the server log has the details")
+
+
+def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Optional[str] = None) -> gr.Blocks:
+    """The app's Blocks. ``out_dir`` receives the PNG files offered for download."""
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="loca-app-out-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    choices = [("none (base model)", NO_ADAPTER)] + [(name, name) for name in engine.adapters]
+    limits = engine.limits
+
+    def run(
+        image_path,
+        instruction,
+        steps,
+        text_guidance,
+        image_guidance,
+        seed,
+        randomize_seed,
+        randomize_guidance,
+        adapter,
+        strength,
+        mix_adapter,
+        mix_weight,
+        compare,
+        on_progress: Optional[Callable[[int, int], None]] = None,
+    ):
+        try:
+            if randomize_seed:
+                seed = random.randint(*RANDOM_SEED_RANGE)
+            if randomize_guidance:
+                text_guidance = round(random.uniform(*RANDOM_TEXT_GUIDANCE), 2)
+                image_guidance = round(random.uniform(*RANDOM_IMAGE_GUIDANCE), 2)
+            if not image_path:
+                raise EditError("Upload an image first")
+            image = engine.open_image(image_path)
+            request = engine.request(
+                instruction,
+                steps=steps,
+                guidance_scale=text_guidance,
+                image_guidance_scale=image_guidance,
+                seed=seed,
+                adapters=[(adapter, strength), (mix_adapter, mix_weight)],
+            )
+            result = engine.edit(image, request, compare=bool(compare), progress=on_progress)
+        except Exception as error:
+            raise _user_error(error) from None
+        return _outputs(result, out_dir)
+
+    def generate(*args, progress=gr.Progress()):
+        """Edit the image following the instruction. Returns the edited image, before/after, the base vs
+        adapter comparison (when asked for), the PNG file, the seed and guidance used, and a summary."""
+        return run(*args, on_progress=lambda done, total: progress((done, total), desc="Denoising"))
+
+    def run_example(image_path, instruction, adapter):
+        return run(
+            image_path, instruction, DEFAULT_STEPS, DEFAULT_TEXT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, 0, False, False,
+            adapter or NO_ADAPTER, 1.0, NO_ADAPTER, 0.0, False,
+        )
+
+    # gradio's cache of served files is pruned hourly (files older than two hours)
+    with gr.Blocks(title="LoCA InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
+        gr.Markdown("# Instruction-based image editing with LoCA adapters")
+        gr.Markdown(engine.status_markdown(), elem_id="status")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                input_image = UploadImage(
+                    label="Input image",
+                    type="filepath",
+                    image_mode=None,  # the file as uploaded: the engine handles EXIF, 16-bit, alpha
+                    sources=["upload", "clipboard"],
+                    height=320,
+                    elem_id="input_image",
+                )
+                instruction = gr.Textbox(
+                    label="Instruction",
+                    placeholder="e.g. turn it into a watercolor painting",
+                    max_length=limits.max_instruction_chars,
+                    elem_id="instruction",
+                )
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    reset_btn = gr.Button("Reset", elem_id="reset")
+                with gr.Row():
+                    adapter = gr.Dropdown(choices, value=NO_ADAPTER, label="Adapter", elem_id="adapter")
+                    strength = gr.Slider(*limits.strength, value=1.0, step=0.05, label="Strength")
+                with gr.Accordion("Mix a second adapter", open=False):
+                    with gr.Row():
+                        mix_adapter = gr.Dropdown(choices, value=NO_ADAPTER, label="Second adapter")
+                        mix_weight = gr.Slider(*limits.strength, value=0.5, step=0.05, label="Its weight")
+                compare = gr.Checkbox(False, label="Compare with the base model (same seed)")
+                with gr.Accordion("Settings", open=False):
+                    steps = gr.Slider(*limits.steps, value=DEFAULT_STEPS, step=1, label="Steps")
+                    with gr.Row():
+                        text_guidance = gr.Slider(
+                            *limits.guidance_scale, value=DEFAULT_TEXT_GUIDANCE, step=0.1, label="Text guidance"
+                        )
+                        image_guidance = gr.Slider(
+                            *limits.image_guidance_scale, value=DEFAULT_IMAGE_GUIDANCE, step=0.05,
+                            label="Image guidance",
+                        )
+                    randomize_guidance = gr.Checkbox(False, label="Randomize guidance (text 6-9, image 1.2-1.8)")
+                    with gr.Row():
+                        seed = gr.Number(0, label="Seed", precision=0, minimum=limits.seed[0], maximum=limits.seed[1])
+                        randomize_seed = gr.Checkbox(True, label="Randomize seed")
+                    gr.Markdown(HELP)
+            with gr.Column():
+                result = gr.Image(label="Edited", format="png", interactive=False, height=320, elem_id="result")
+                used = gr.Markdown(elem_id="used")
+                download = gr.DownloadButton("Download PNG", visible=False)
+                with gr.Tabs():
+                    with gr.Tab("Before / after"):
+                        before_after = gr.ImageSlider(label="Input / edited", format="png", interactive=False)
+                    with gr.Tab("Base vs adapter"):
+                        compare_slider = gr.ImageSlider(label="Base / adapter", format="png", interactive=False)
+                        with gr.Row():
+                            compare_base = gr.Image(label="Base model", format="png", interactive=False)
+                            compare_adapter = gr.Image(label="With the adapter", format="png", interactive=False)
+
+        inputs = [
+            input_image, instruction, steps, text_guidance, image_guidance, seed, randomize_seed,
+            randomize_guidance, adapter, strength, mix_adapter, mix_weight, compare,
+        ]  # fmt: skip
+        outputs = [
+            result, before_after, compare_slider, compare_base, compare_adapter, download, seed, text_guidance,
+            image_guidance, used,
+        ]  # fmt: skip
+        generate_btn.click(generate, inputs, outputs, api_name="edit", concurrency_limit=1)
+        instruction.submit(generate, inputs, outputs, api_name=False, concurrency_limit=1)
+
+        defaults = [
+            None, "", DEFAULT_STEPS, DEFAULT_TEXT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, 0, True, False, NO_ADAPTER, 1.0,
+            NO_ADAPTER, 0.5, False,
+        ]  # fmt: skip
+        cleared = [None, None, None, None, None, gr.DownloadButton(visible=False), ""]
+        reset_btn.click(
+            lambda: defaults + cleared,
+            None,
+            inputs + [result, before_after, compare_slider, compare_base, compare_adapter, download, used],
+            api_name=False,
+        )
+
+        usable = [e for e in examples if e.adapter is None or e.adapter in engine.adapters]
+        for skipped in (e for e in examples if e not in usable):
+            logger.warning("example %s skipped: adapter %r is not loaded", skipped.image, skipped.adapter)
+        if usable:
+            gr.Examples(
+                [[e.image, e.instruction, e.adapter or NO_ADAPTER] for e in usable],
+                inputs=[input_image, instruction, adapter],
+                outputs=outputs,
+                fn=run_example,
+                cache_examples=True,
+                cache_mode="lazy",
+                api_name=False,
+                label="Examples (default settings, seed 0; computed once on first click, then cached)",
+            )
+    return demo
+
+
+def _outputs(result: EditResult, out_dir: Path) -> list:
+    request = result.request
+    now = time.time()
+    for old in out_dir.glob("edit-*.png"):  # downloads are offered once; keep the folder small
+        if now - old.stat().st_mtime > KEEP_DOWNLOADS_S:
+            old.unlink(missing_ok=True)
+    png = Path(tempfile.mkstemp(prefix=f"edit-seed{request.seed}-", suffix=".png", dir=out_dir)[1])
+    result.image.save(png)
+    if result.base_image is not None:
+        comparison = (result.base_image, result.image)
+        base, adapted = result.base_image, result.image
+    else:
+        comparison = base = adapted = None
+    return [
+        result.image,
+        (result.input_image, result.image),
+        comparison,
+        base,
+        adapted,
+        gr.DownloadButton(value=str(png), visible=True),
+        request.seed,
+        request.guidance_scale,
+        request.image_guidance_scale,
+        "**Used:** " + result.describe(),
+    ]
