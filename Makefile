@@ -1,13 +1,14 @@
 # Developer entry points. `make test` builds .venv (CPU torch) and runs the test suite;
-# `make quickstart` runs the README's quickstart; `make lint` runs ruff. GPU users: install the CUDA build of torch in
-# the venv first (TORCH="torch") or override TORCH with the build you want.
+# `make quickstart` runs the README's quickstart; `make demo` serves the web app; `make lint` runs ruff.
+# GPU users: install the CUDA build of torch in the venv first (TORCH="torch") or override TORCH with the
+# build you want.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint quickstart bench clean
+.PHONY: venv browser test lint quickstart demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The app's browser test needs Chromium and its WebDriver (Debian: chromium, chromium-driver).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -q && apt-get install -y -q chromium chromium-driver; } || { \
+	      echo "error: apt-get could not install chromium and chromium-driver, which the browser test needs" >&2; \
+	      exit 1; }; \
+	  else \
+	    echo "error: the browser test needs chromium and chromedriver; install them with" \
+	         "'sudo apt-get install -y chromium chromium-driver' (or your system's packages) and run make test again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -28,6 +43,10 @@ lint: $(STAMP)
 
 quickstart: $(STAMP)
 	cd $(CURDIR) && $(BIN)/python examples/quickstart.py
+
+# the web app on the embedded default model and adapters, at http://127.0.0.1:7860 (options: ARGS="--port 8080 ...")
+demo: $(STAMP)
+	cd $(CURDIR) && $(BIN)/python app/app.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/theory.py

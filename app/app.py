@@ -25,17 +25,15 @@ if __package__ in (None, ""):  # `python app/app.py`: import the `app` package, 
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline server
 
-from app.engine import (  # noqa: E402
-    DEFAULT_ADAPTERS_DIR,
-    EditEngine,
-    EditError,
-    Limits,
-)
-from app.examples import load_examples  # noqa: E402
-
 logger = logging.getLogger("loca_app")
 
 LOOPBACK_HOSTS = ("localhost",)
+# small inputs and results (the embedded model works at 64 px) are shown scaled up to fit the panel; the
+# before/after sliders get the whole picture instead of a full-width crop
+CSS = """
+#input_image img, #result img { width: 100%; height: 100%; object-fit: contain; }
+.fit img[data-testid=imageslider-image] { height: 100%; max-height: 100% !important; object-fit: contain; }
+"""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -59,7 +57,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="one more adapter (a folder or a Hub id); repeatable",
     )
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA in fp16 if available, else CPU fp32"
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA in fp16 if available, else CPU fp32",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
@@ -94,12 +95,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_engine(args: argparse.Namespace) -> EditEngine:
+def build_engine(args: argparse.Namespace):
+    """The :class:`~app.engine.EditEngine` the command line asks for."""
+    from app.engine import DEFAULT_ADAPTERS_DIR, EditEngine, Limits
+
     adapters_dir = args.adapters_dir
     if adapters_dir is None and DEFAULT_ADAPTERS_DIR.is_dir():
         adapters_dir = DEFAULT_ADAPTERS_DIR
     elif adapters_dir is None:
-        logger.info("no adapters folder at %s: serving the base model and --adapter entries only", DEFAULT_ADAPTERS_DIR)
+        logger.info(
+            "no adapters folder at %s: serving the base model and --adapter entries only", DEFAULT_ADAPTERS_DIR
+        )
     limits = Limits(
         max_side=args.max_side,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -127,13 +133,17 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
         show_error=False,
         ssr_mode=False,
         # system fonts: the page loads nothing from the internet
-        theme=gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]),
+        theme=gr.themes.Soft(
+            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+        ),
+        css=CSS,
     )
 
 
 def create_app(args: argparse.Namespace):
     """The engine and the queued Blocks, ready to launch."""
-    from app.ui import build_demo
+    from app.examples import load_examples
+    from app.ui import build_demo  # imports gradio: only when serving, so --help stays instant
 
     engine = build_engine(args)
     demo = build_demo(engine, load_examples(args.examples))
@@ -146,12 +156,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if not is_loopback(args.host):
         logger.warning("listening on %s: other machines can reach the app (there is no login)", args.host)
+    from app.engine import EditError
+
     try:
         engine, demo = create_app(args)
     except EditError as error:
         sys.exit(f"error: {error}")
-    logger.info("serving %s with adapters %s (input fitted to %d px)", engine.base_label, engine.adapters or "none",
-                engine.limits.max_side)
+    logger.info(
+        "serving %s with adapters %s (input fitted to %d px)",
+        engine.base_label,
+        engine.adapters or "none",
+        engine.limits.max_side,
+    )
     demo.launch(**launch_kwargs(args))
 
 

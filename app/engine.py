@@ -124,7 +124,9 @@ def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise EditError("--device cuda was asked for, but torch sees no CUDA GPU (is the CUDA build of torch installed?)")
+        raise EditError(
+            "--device cuda was asked for, but torch sees no CUDA GPU (is the CUDA build of torch installed?)"
+        )
     if device not in ("cpu", "cuda"):
         raise EditError(f"--device must be auto, cpu or cuda, got {device!r}")
     torch_device = torch.device(device)
@@ -230,7 +232,9 @@ class EditEngine:
         if adapters_dir is not None:
             folder = Path(adapters_dir)
             if folder.is_dir():
-                sources += [(p.name, str(p)) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+                sources += [
+                    (p.name, str(p)) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                ]
             else:
                 self.adapter_errors[folder.name or str(folder)] = f"adapters folder '{folder}' does not exist"
         for source in adapters:
@@ -266,12 +270,16 @@ class EditEngine:
         if self._state.fused:
             self.pipe.unfuse_loca()
             self._state = _AdapterState()
-        self.pipe.load_loca(source, adapter_name=name, weight_name=SAFE_WEIGHTS_NAME, local_files_only=local_files_only)
+        self.pipe.load_loca(
+            source, adapter_name=name, weight_name=SAFE_WEIGHTS_NAME, local_files_only=local_files_only
+        )
 
     @property
     def adapters(self) -> list[str]:
         """Names of the loaded adapters, in load order."""
-        return self.pipe.get_loca_adapters() if hasattr(self.pipe, "get_loca_adapters") and self.adapter_sources else []
+        return (
+            self.pipe.get_loca_adapters() if hasattr(self.pipe, "get_loca_adapters") and self.adapter_sources else []
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -327,7 +335,9 @@ class EditEngine:
             return self.fit(load_rgb(source))
         path = Path(source)
         if not path.is_file():
-            raise EditError("No image was uploaded" if not str(source) else f"The uploaded file is missing ({path.name})")
+            raise EditError(
+                "No image was uploaded" if not str(source) else f"The uploaded file is missing ({path.name})"
+            )
         size = path.stat().st_size
         if size > limits.max_upload_bytes:
             raise EditError(
@@ -461,14 +471,18 @@ def _load_base(base: Optional[str], dtype: torch.dtype, local_files_only: bool):
                 DEFAULT_BASE_DIR,
             )
             work = tempfile.mkdtemp(prefix="loca-app-tiny-")
-            return build_tiny_instruct_pix2pix(work).to(dtype=dtype), "tiny InstructPix2Pix built in code (random weights)"
+            return build_tiny_instruct_pix2pix(work).to(
+                dtype=dtype
+            ), "tiny InstructPix2Pix built in code (random weights)"
     try:
         pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
             base, torch_dtype=dtype, use_safetensors=True, local_files_only=local_files_only
         )
     except Exception as error:
         hint = (
-            "" if Path(base).exists() else " (a Hub id needs network access or a cached copy; pass a local pipeline "
+            ""
+            if Path(base).exists()
+            else " (a Hub id needs network access or a cached copy; pass a local pipeline "
             "folder with --base otherwise)"
         )
         raise EditError(f"Cannot load the base pipeline '{base}': {_first_line(error)}{hint}") from None

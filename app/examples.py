@@ -56,8 +56,8 @@ def load_examples(path: Optional[str | os.PathLike] = None) -> list[Example]:
 
 def _fallback_examples() -> list[Example]:
     try:
-        from skimage import data
         from PIL import Image
+        from skimage import data
     except ImportError:
         logger.info("no examples: %s is missing and scikit-image is not installed", DEFAULT_EXAMPLES)
         return []

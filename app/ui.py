@@ -38,18 +38,22 @@ and mixes run unfused. *Compare* runs the base model on the same seed as well.
 """
 
 
-class UploadImage(gr.Image):
-    """``gr.Image`` whose upload errors (a file PIL cannot open) become a clear ``gr.Error``."""
+def upload_errors_as_messages(image: gr.Image) -> gr.Image:
+    """Make a file PIL cannot open (sent through the API; the browser only offers images) a clear ``gr.Error``
+    instead of gradio's message-less failure. Wraps the instance's ``preprocess``: a ``gr.Image`` subclass
+    would make gradio write a ``.pyi`` stub next to this module at import."""
+    preprocess = image.preprocess
 
-    is_template = True  # rendered by gradio's own image component
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Exception:
             raise gr.Error("The file is not an image this app can read (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
+
+    image.preprocess = checked
+    return image
 
 
 def _user_error(error: Exception) -> gr.Error:
@@ -111,8 +115,19 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
 
     def run_example(image_path, instruction, adapter):
         return run(
-            image_path, instruction, DEFAULT_STEPS, DEFAULT_TEXT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, 0, False, False,
-            adapter or NO_ADAPTER, 1.0, NO_ADAPTER, 0.0, False,
+            image_path,
+            instruction,
+            DEFAULT_STEPS,
+            DEFAULT_TEXT_GUIDANCE,
+            DEFAULT_IMAGE_GUIDANCE,
+            0,
+            False,
+            False,
+            adapter or NO_ADAPTER,
+            1.0,
+            NO_ADAPTER,
+            0.0,
+            False,
         )
 
     # gradio's cache of served files is pruned hourly (files older than two hours)
@@ -121,7 +136,7 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
         gr.Markdown(engine.status_markdown(), elem_id="status")
         with gr.Row(equal_height=False):
             with gr.Column():
-                input_image = UploadImage(
+                input_image = gr.Image(
                     label="Input image",
                     type="filepath",
                     image_mode=None,  # the file as uploaded: the engine handles EXIF, 16-bit, alpha
@@ -129,6 +144,7 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
                     height=320,
                     elem_id="input_image",
                 )
+                upload_errors_as_messages(input_image)
                 instruction = gr.Textbox(
                     label="Instruction",
                     placeholder="e.g. turn it into a watercolor painting",
@@ -153,7 +169,9 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
                             *limits.guidance_scale, value=DEFAULT_TEXT_GUIDANCE, step=0.1, label="Text guidance"
                         )
                         image_guidance = gr.Slider(
-                            *limits.image_guidance_scale, value=DEFAULT_IMAGE_GUIDANCE, step=0.05,
+                            *limits.image_guidance_scale,
+                            value=DEFAULT_IMAGE_GUIDANCE,
+                            step=0.05,
                             label="Image guidance",
                         )
                     randomize_guidance = gr.Checkbox(False, label="Randomize guidance (text 6-9, image 1.2-1.8)")
@@ -167,9 +185,13 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
                 download = gr.DownloadButton("Download PNG", visible=False)
                 with gr.Tabs():
                     with gr.Tab("Before / after"):
-                        before_after = gr.ImageSlider(label="Input / edited", format="png", interactive=False)
+                        before_after = gr.ImageSlider(
+                            label="Input / edited", format="png", interactive=False, height=320, elem_classes="fit"
+                        )
                     with gr.Tab("Base vs adapter"):
-                        compare_slider = gr.ImageSlider(label="Base / adapter", format="png", interactive=False)
+                        compare_slider = gr.ImageSlider(
+                            label="Base / adapter", format="png", interactive=False, height=320, elem_classes="fit"
+                        )
                         with gr.Row():
                             compare_base = gr.Image(label="Base model", format="png", interactive=False)
                             compare_adapter = gr.Image(label="With the adapter", format="png", interactive=False)

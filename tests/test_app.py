@@ -26,11 +26,12 @@ from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
 from app.app import is_loopback, launch_kwargs, parse_args  # noqa: E402
 from app.engine import EditEngine, EditError, Limits, device_lock, fit_size  # noqa: E402
 from app.examples import Example, load_examples  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
 from loca_diffusion import LoCAConfig  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix  # noqa: E402
 
@@ -52,7 +53,9 @@ def free_port() -> int:
 def make_adapters(pipe, folder: Path, names: list[str]) -> None:
     """LoCA adapters with random non-zero coefficients, saved with ``save_loca``; the pipeline is left as it was."""
     for seed, name in enumerate(names, 1):
-        config = LoCAConfig(init_weights=False, target_modules=TARGETS, n_frequency=16, random_loc_seed=seed, scaling=4.0)
+        config = LoCAConfig(
+            init_weights=False, target_modules=TARGETS, n_frequency=16, random_loc_seed=seed, scaling=4.0
+        )
         pipe.unet.add_adapter(config, adapter_name=name)
         pipe.save_loca(folder / name, adapter_name=name)
     pipe.unload_loca()
@@ -63,7 +66,9 @@ def photo(seed: int = 0, size=(SIDE, SIDE)) -> Image.Image:
     w, h = size
     y, x = np.mgrid[0:h, 0:w] / max(w, h)
     rng = np.random.default_rng(seed)
-    channels = [np.sin(2 * math.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform())) for _ in "rgb"]
+    channels = [
+        np.sin(2 * math.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform())) for _ in "rgb"
+    ]
     return Image.fromarray(np.uint8(np.stack(channels, -1) * 120 + 128))
 
 
@@ -84,12 +89,16 @@ def env(tmp_path_factory, torch_single_thread):
     make_adapters(pipe, adapters, ["cartoon", "sketch"])
     # adapters the app must refuse while serving the others
     (adapters / "broken").mkdir()
-    (adapters / "broken" / "adapter_config.json").write_text((adapters / "cartoon" / "adapter_config.json").read_text())
+    (adapters / "broken" / "adapter_config.json").write_text(
+        (adapters / "cartoon" / "adapter_config.json").read_text()
+    )
     (adapters / "broken" / "adapter_model.safetensors").write_bytes(
         (adapters / "cartoon" / "adapter_model.safetensors").read_bytes()[:200]
     )
     (adapters / "pickled").mkdir()
-    (adapters / "pickled" / "adapter_config.json").write_text((adapters / "cartoon" / "adapter_config.json").read_text())
+    (adapters / "pickled" / "adapter_config.json").write_text(
+        (adapters / "cartoon" / "adapter_config.json").read_text()
+    )
     torch.save({"x": torch.zeros(1)}, adapters / "pickled" / "adapter_model.bin")
     e.adapters = adapters
 
@@ -149,7 +158,7 @@ def direct(env, adapters=(), image=None, seed=0) -> np.ndarray:
 
 def test_adapter_edit_equals_a_direct_pipeline_call(env):
     out = edit(env, adapter="cartoon", seed=7)
-    result, (before, after), *_ , seed, _, _, used = out
+    result, (before, after), *_, seed, _, _, used = out
     assert np.array_equal(pixels(result), direct(env, [("cartoon", 1.0)], seed=7))
     assert np.array_equal(pixels(after), pixels(result)) and np.array_equal(pixels(before), pixels(env.image_path))
     assert seed == 7 and "seed 7" in used and "cartoon x1 (fused)" in used
@@ -396,7 +405,9 @@ def test_command_line(tmp_path):
         done = subprocess.run([sys.executable, *command], cwd=tmp_path if command[0] == "-m" else ROOT,
                               capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-        assert done.returncode == 0 and "--adapters_dir" in done.stdout and "--max_upload_mb" in done.stdout, done.stderr
+        assert done.returncode == 0 and "--adapters_dir" in done.stdout and "--max_upload_mb" in done.stdout, (
+            done.stderr
+        )
 
 
 def test_examples_file(tmp_path):
