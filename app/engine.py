@@ -377,8 +377,9 @@ class EditEngine:
         Nothing is done when the mix is already active, so repeated edits with one adapter pay no
         switching cost."""
         state = self._state
-        if state.mix == mix:
-            return state.fused
+        fuse = self.fuse and len(mix) == 1 and mix[0][1] == 1.0
+        if state.mix == mix and state.fused == fuse:
+            return fuse
         pipe = self.pipe
         if state.fused:
             pipe.unfuse_loca()
@@ -389,7 +390,7 @@ class EditEngine:
         else:
             pipe.enable_loca()
             pipe.set_loca_adapters([name for name, _ in mix], [weight for _, weight in mix])
-            if self.fuse and len(mix) == 1 and mix[0][1] == 1.0:
+            if fuse:
                 pipe.fuse_loca()
                 state.fused = True
         state.mix = mix
@@ -470,10 +471,10 @@ def _load_base(base: Optional[str], dtype: torch.dtype, local_files_only: bool):
                 "are noise). Pass --base timbrooks/instruct-pix2pix for real edits.",
                 DEFAULT_BASE_DIR,
             )
-            work = tempfile.mkdtemp(prefix="loca-app-tiny-")
-            return build_tiny_instruct_pix2pix(work).to(
-                dtype=dtype
-            ), "tiny InstructPix2Pix built in code (random weights)"
+            pipe = build_tiny_instruct_pix2pix(tempfile.mkdtemp(prefix="loca-app-tiny-"))
+            if dtype != torch.float32:  # built in float32
+                pipe.to(dtype=dtype)
+            return pipe, "tiny InstructPix2Pix built in code (random weights)"
     try:
         pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
             base, torch_dtype=dtype, use_safetensors=True, local_files_only=local_files_only

@@ -1,0 +1,263 @@
+"""Latency of the web app (app/) on the default model: start-up, edits, fused vs unfused, adapter switches.
+
+* **Start-up**: ``python app/app.py`` is started as a subprocess; measured are the seconds until the page
+  answers, and until the first edit (20 steps, through ``gradio_client`` over HTTP) has come back.
+* **Edits** (in-process, the app's :class:`~app.engine.EditEngine`, the app's default settings): the base
+  model, one adapter at strength 1 (fused, what the app runs), the same adapter unfused (the engine with
+  ``fuse=False``), the adapter at strength 0.5 and a mix of two (unfused). Round-robin: one edit of each
+  in turn, the switch to its adapters done untimed before it; median over the repetitions.
+* **Adapter switches**: :meth:`EditEngine.activate` alone, from one setting to another, median of many.
+
+The default model is what ``python app/app.py`` serves: ``assets/tiny-instruct-pix2pix`` with the
+adapters in ``assets/adapters`` when they exist, else the tiny pipeline built in code with two adapters
+with random coefficients (written with ``save_loca`` into a temporary folder).
+
+    python bench/app_latency.py [--quick] [--repeats N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from app.engine import DEFAULT_ADAPTERS_DIR, EditEngine  # noqa: E402
+from app.examples import load_examples  # noqa: E402
+from bench.machine import machine_info, machine_line  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+GOAL_SWITCH = 0.05  # of one edit
+GOAL_FUSED = 1.02  # x the base edit
+STEPS = 20  # the app's default
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _synthetic_adapters(engine: EditEngine, folder: Path) -> str:
+    """Two adapters with random coefficients on the UNet attention, saved with ``save_loca``."""
+    from loca_diffusion import LoCAConfig
+
+    pipe = engine.pipe
+    for seed, name in enumerate(("random_a", "random_b"), 1):
+        config = LoCAConfig(
+            init_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"], n_frequency=256,
+            random_loc_seed=seed,
+        )  # fmt: skip
+        pipe.unet.add_adapter(config, adapter_name=name)
+        pipe.save_loca(folder / name, adapter_name=name)
+    pipe.unload_loca()
+    return str(folder)
+
+
+def startup(image: str, adapters_dir: str | None, steps: int, timeout: float = 600.0) -> dict:
+    """Seconds from starting ``python app/app.py`` until the page answers and until the first edit returns."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    command = [sys.executable, str(ROOT / "app" / "app.py"), "--port", str(port)]
+    if adapters_dir is not None:
+        command += ["--adapters_dir", adapters_dir]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    start = time.perf_counter()
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the app exited ({server.returncode}): {server.stderr.read().decode()[-2000:]}")
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError("the app did not answer")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        ready = time.perf_counter() - start
+        client = Client(url, verbose=False)
+        args = (handle_file(image), "make it a cartoon", steps, 7.5, 1.5, 0, False, False, "none", 1.0, "none", 0.5)
+        client.predict(*args, False, api_name="/edit")
+        first = time.perf_counter() - start
+        http_edits = []
+        for _ in range(3):  # later edits over HTTP: the server-side edit plus upload, PNG encoding, download
+            t = time.perf_counter()
+            client.predict(*args, False, api_name="/edit")
+            http_edits.append(time.perf_counter() - t)
+        return {
+            "page_ready_s": ready,
+            "first_edit_done_s": first,
+            "first_edit_s": first - ready,
+            "http_edit_s": statistics.median(http_edits),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, float]:
+    """Median seconds per edit for each adapter setting; switching happens untimed before each edit."""
+    a, b = engine.adapters[:2]
+    settings = {
+        "base": ((), True),
+        f"{a} x1 fused": (((a, 1.0),), True),
+        f"{a} x1 unfused": (((a, 1.0),), False),
+        f"{a} x0.5 (unfused)": (((a, 0.5),), True),
+        f"{a} x0.5 + {b} x0.5 (unfused)": (((a, 0.5), (b, 0.5)), True),
+    }
+    requests = {
+        name: engine.request("make it a cartoon", steps=steps, adapters=mix) for name, (mix, _) in settings.items()
+    }
+    times = {name: [] for name in settings}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for name, (mix, fuse) in settings.items():
+            engine.fuse = fuse
+            engine.activate(requests[name].adapters)
+            start = time.perf_counter()
+            result = engine.edit(image, requests[name])
+            elapsed = time.perf_counter() - start
+            assert result.fused == (fuse and len(mix) == 1 and mix[0][1] == 1.0)
+            if repeat:
+                times[name].append(elapsed)
+    engine.fuse = True
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def switches(engine: EditEngine, count: int) -> dict[str, float]:
+    """Median seconds of one :meth:`EditEngine.activate` call for each kind of switch."""
+    a, b = engine.adapters[:2]
+    kinds = {
+        f"{a} fused -> {b} fused": (((a, 1.0),), ((b, 1.0),)),
+        f"base -> {a} fused": ((), ((a, 1.0),)),
+        f"{a} x0.5 -> {b} x0.5 (unfused)": (((a, 0.5),), ((b, 0.5),)),
+        f"mix {a}+{b} -> mix with other weights": (((a, 0.3), (b, 0.7)), ((a, 0.7), (b, 0.3))),
+    }
+    out = {}
+    for name, (first, second) in kinds.items():
+        engine.activate(first)
+        times = []
+        for i in range(count):
+            target = second if i % 2 == 0 else first
+            start = time.perf_counter()
+            engine.activate(target)
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times)
+    return out
+
+
+def write(results: dict, json_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    e, s, st = results["edits_s"], results["switch_s"], results["startup"]
+    base = e["base"]
+    fused_name = next(n for n in e if n.endswith("x1 fused"))
+    fused_ratio = e[fused_name] / base
+    worst_switch = max(s.values())
+    lines = [
+        "# App latency (CPU): start-up, edits, fused vs unfused, adapter switches",
+        "",
+        machine_line(results["machine"]),
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Model: {results['model']}; adapters: {results['adapters']}. Edits at the app's defaults: {results['steps']} "
+        f"steps, text guidance 7.5, image guidance 1.5, input {results['image_size']} px (the model's native size). "
+        f"One torch thread. Edits: median of {results['repeats']} round-robin repetitions after one warm-up round; "
+        f"switches: median of {results['switch_count']} calls. Load average: {results['load_average']}.",
+        "",
+        "## Goals",
+        "",
+        f"- switching adapters < {GOAL_SWITCH:.0%} of one edit: worst switch {worst_switch * 1e3:.1f} ms = "
+        f"{worst_switch / base:.2%} of a base edit -> {'met' if worst_switch / base < GOAL_SWITCH else 'NOT met'}",
+        f"- fused adapter edit within {GOAL_FUSED - 1:.0%} of the base edit: {fused_ratio:.3f}x -> "
+        f"{'met' if abs(fused_ratio - 1) <= GOAL_FUSED - 1 else 'NOT met'}",
+        "",
+        f"## Start-up (`python app/app.py`, subprocess, one thread; edits of {results['steps']} steps)",
+        "",
+        "| page answers | first edit done | first edit alone | later edits over HTTP |",
+        "|---:|---:|---:|---:|",
+        f"| {st['page_ready_s']:.1f} s | {st['first_edit_done_s']:.1f} s | {st['first_edit_s']:.2f} s | "
+        f"{st['http_edit_s']:.2f} s |",
+        "",
+        "## Edits (in-process engine)",
+        "",
+        "| adapter setting | s per edit | / base |",
+        "|---|---:|---:|",
+        *[f"| {name} | {t:.3f} | {t / base:.3f} |" for name, t in e.items()],
+        "",
+        "## Adapter switches (`EditEngine.activate`)",
+        "",
+        "| switch | ms | % of a base edit |",
+        "|---|---:|---:|",
+        *[f"| {name} | {t * 1e3:.2f} | {t / base:.2%} |" for name, t in s.items()],
+        "",
+    ]
+    json_path.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 repetition: a smoke test")
+    parser.add_argument("--repeats", type=int, default=None, help="timed edits per setting (default 5; quick: 1)")
+    parser.add_argument("--switches", type=int, default=None, help="timed switches per kind (default 40; quick: 4)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "app_latency_cpu.json")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 5)
+    switch_count = args.switches or (4 if args.quick else 40)
+    steps = 2 if args.quick else STEPS
+    torch.set_num_threads(1)
+
+    wall = time.perf_counter()
+    engine = EditEngine.load(None, adapters_dir=DEFAULT_ADAPTERS_DIR if DEFAULT_ADAPTERS_DIR.is_dir() else None)
+    temporary = None
+    if len(engine.adapters) < 2:
+        temporary = tempfile.TemporaryDirectory(prefix="app-latency-")
+        engine.load_adapters(_synthetic_adapters(engine, Path(temporary.name)))
+        adapters_note = "two with random coefficients (n_frequency 256 on to_q/to_k/to_v/to_out.0), synthetic"
+    else:
+        adapters_note = f"{', '.join(engine.adapters[:2])} from {DEFAULT_ADAPTERS_DIR.relative_to(ROOT)}"
+    adapters_dir = temporary.name if temporary else None
+    example = load_examples()[0].image
+    image = engine.open_image(example)
+
+    results = {
+        "command": "python bench/app_latency.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "machine": machine_info(torch.device("cpu")),
+        "model": engine.base_label,
+        "adapters": adapters_note,
+        "steps": steps,
+        "image_size": "x".join(map(str, image.size)),
+        "repeats": repeats,
+        "switch_count": switch_count,
+    }
+    results["edits_s"] = edits(engine, image, repeats, steps)
+    results["switch_s"] = switches(engine, switch_count)
+    results["startup"] = startup(example, adapters_dir, steps)
+    results["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results["wall_s"] = time.perf_counter() - wall
+    write(results, args.json)
+    if temporary:
+        temporary.cleanup()
+    print(args.json.with_suffix(".md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()
