@@ -2,7 +2,7 @@
 """Train the embedded tiny InstructPix2Pix from scratch on CPU, one stage per call.
 
     python train/pretrain_tiny_pix2pix.py --stage vae          # VAE, 1,200 steps at batch 8 (~20 min)
-    python train/pretrain_tiny_pix2pix.py --stage decoder      # VAE decoder only, encoder frozen (~25 min)
+    python train/pretrain_tiny_pix2pix.py --stage decoder      # VAE decoder only, encoder frozen, 600 steps (~12 min)
     python train/pretrain_tiny_pix2pix.py --stage unet         # text encoder + UNet, 1,400 steps at batch 16 (~40 min)
     python train/pretrain_tiny_pix2pix.py --stage export       # fp16 diffusers folder -> assets/tiny-instruct-pix2pix
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.metrics import psnr  # noqa: E402
-from loca_diffusion.embedded.edits import EDITS  # noqa: E402
+from loca_diffusion.embedded.edits import EDITS, cartoon_targets  # noqa: E402
 from loca_diffusion.embedded.evaluate import evaluate_edits  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
     assemble_pipeline,
@@ -45,7 +45,7 @@ from loca_diffusion.embedded.photos import RandomCrops, held_out_views, require_
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
 WORK = Path("build/embedded")
-DEFAULT_STEPS = {"vae": 1200, "decoder": 1500, "unet": 1400}
+DEFAULT_STEPS = {"vae": 1200, "decoder": 600, "unet": 1400}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,6 +112,20 @@ def held_out_psnr(vae) -> float:
     return sum(psnr(r, x) for r, x in zip(recon, views)) / len(views)
 
 
+def decoder_targets(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The decoder stage also learns to draw what the UNet will be asked for: each crop stays a photo
+    (1/3), becomes a random base edit (1/3) or a cartoon of itself (1/3, the adapter's target). The
+    encoder stays frozen, so the latent space the UNet learns on does not move."""
+    kind = torch.randint(3, (len(x),), generator=generator)
+    out = x.clone()
+    for i in range(len(x)):
+        if kind[i] == 1:
+            out[i] = EDITS[int(torch.randint(len(EDITS), (1,), generator=generator))].apply(x[i : i + 1])[0]
+        elif kind[i] == 2:
+            out[i] = cartoon_targets(x[i : i + 1])[0]
+    return out
+
+
 def train_vae(args, decoder_only: bool) -> None:
     stage = "decoder" if decoder_only else "vae"
     vae = build_vae()
@@ -142,6 +156,8 @@ def train_vae(args, decoder_only: bool) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.max_steps, args.lr)
         x = crops.sample(args.batch_size, gen)
+        if decoder_only:
+            x = decoder_targets(x, gen)
         with torch.no_grad() if decoder_only else torch.enable_grad():
             posterior = vae.encode(x * 2 - 1).latent_dist
             z = posterior.sample(generator=gen)
@@ -155,7 +171,7 @@ def train_vae(args, decoder_only: bool) -> None:
         if step % args.log_every == 0:
             rate = args.log_every / (time.time() - last)
             last = time.time()
-            print(f"{stage} step {step}/{args.max_steps} loss {float(loss):.4f} "
+            print(f"{stage} step {step}/{args.max_steps} loss {float(loss.detach()):.4f} "
                   + " ".join(f"{k} {v:.4f}" for k, v in parts.items()) + f" ({rate:.2f} step/s)", flush=True)
         if step % args.save_every == 0 or step == args.max_steps:
             vae.eval()
