@@ -40,7 +40,7 @@ edit: $(STAMP)
 # build/embedded/*.log). The decoder fine-tuning and the UNet run side by side (one thread each).
 # The cartoon pairs use the style of loca_diffusion.embedded.edits.CARTOON_STYLE.
 EMB := build/embedded
-CARTOONIZER_ARGS := --max_train_steps 500 --learning_rate 5e-3 --n_frequency 512 --location_training_steps 200
+CARTOONIZER_ARGS := --max_train_steps 500 --learning_rate 1e-2 --n_frequency 512 --location_training_steps 200
 PRETRAIN := OMP_NUM_THREADS=1 $(BIN)/python train/pretrain_tiny_pix2pix.py
 assets: $(STAMP)
 	mkdir -p $(EMB)
@@ -61,6 +61,7 @@ assets: $(STAMP)
 	mkdir -p assets/adapters/cartoonizer
 	cd $(EMB)/cartoonizer && cp adapter_config.json adapter_model.safetensors README.md locations.png samples.png \
 	  $(CURDIR)/assets/adapters/cartoonizer/
+	sed -i '2s#$(EMB)/base_fp32#assets/tiny-instruct-pix2pix#' assets/adapters/cartoonizer/README.md
 	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --write_examples
 
 clean:
