@@ -90,3 +90,17 @@ EDITS: tuple[Edit, ...] = (
 )
 
 EDITS_BY_NAME = {e.name: e for e in EDITS}
+
+
+# The cartoonizer adapter's target: loca_diffusion.cartoonize tuned for 64 px images (one smoothing
+# pass, 6 colours, a higher ink threshold: the defaults draw 2-3 px black blobs at this size).
+CARTOON_STYLE = {"num_colors": 6, "bilateral_passes": 1, "edge_c": 8}
+CARTOON_INSTRUCTION = "Change the natural image to a cartoon-style image."  # the paper's evaluation prompt
+
+
+def cartoon_targets(images: torch.Tensor) -> torch.Tensor:
+    """:func:`loca_diffusion.cartoonize.cartoonize` with :data:`CARTOON_STYLE` of each image (B, 3, H, W)."""
+    from ..cartoonize import cartoonize
+    from .photos import to_image, to_tensor
+
+    return torch.stack([to_tensor(cartoonize(to_image(x), **CARTOON_STYLE)) for x in images])

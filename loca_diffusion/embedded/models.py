@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
 from ..pipelines import StableDiffusionInstructPix2PixLoCAPipeline
-from ..tiny_pix2pix import build_clip_tokenizer
+from ..tiny_pix2pix import build_clip_text_encoder, build_clip_tokenizer
 from . import RESOLUTION
 
 LATENT_CHANNELS = 16
@@ -42,19 +42,7 @@ def build_vae() -> AutoencoderKL:
 
 def build_text_encoder() -> CLIPTextModel:
     """CLIP text transformer, 2 layers of width 64, CLIP's vocabulary and special tokens."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=4 * TEXT_WIDTH,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    return build_clip_text_encoder(width=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH)
 
 
 def build_unet() -> UNet2DConditionModel:
