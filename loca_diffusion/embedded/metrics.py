@@ -25,8 +25,3 @@ def ssim(output: torch.Tensor, target: torch.Tensor) -> float:
 
     return float(structural_similarity(_hwc(target), _hwc(output), data_range=1.0, channel_axis=2))
 
-
-def saturation(x: torch.Tensor) -> float:
-    """Mean HSV saturation (max - min) / max over pixels: 0 for a grey image."""
-    mx, mn = x.max(0).values, x.min(0).values
-    return float(((mx - mn) / mx.clamp_min(1e-3)).mean())
