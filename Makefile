@@ -1,14 +1,15 @@
-# Developer entry points. `make test` builds .venv (CPU torch) and runs the test suite;
-# `make quickstart` runs the README's quickstart; `make demo` serves the web app; `make lint` runs ruff.
-# GPU users: install the CUDA build of torch in the venv first (TORCH="torch") or override TORCH with the
-# build you want.
+# Developer entry points. `make demo` serves the web app on the embedded model (offline); `make edit`
+# writes a before/after grid of the example photos; `make test` builds .venv (CPU torch) and runs the
+# test suite; `make lint` runs ruff; `make quickstart` runs the README's quickstart; `make assets`
+# rebuilds the embedded model from scratch (about 2 h on 2 CPU cores). GPU users: install the CUDA
+# build of torch in the venv first (TORCH="torch") or override TORCH with the build you want.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test lint quickstart demo bench clean
+.PHONY: venv browser test lint quickstart demo edit assets bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,37 @@ bench: $(STAMP)
 	$(BIN)/python bench/toy_convergence.py
 	$(BIN)/python bench/layer_speed.py
 	$(BIN)/python bench/unet_step.py
+
+edit: $(STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m loca_diffusion.edit --grid edit-grid.png
+
+# The embedded default, stage by stage (each resumes from build/embedded/<stage>/ when re-run; logs in
+# build/embedded/*.log). The decoder fine-tuning and the UNet run side by side (one thread each).
+# The cartoon pairs use the style of loca_diffusion.embedded.edits.CARTOON_STYLE.
+EMB := build/embedded
+CARTOONIZER_ARGS := --max_train_steps 500 --learning_rate 1e-2 --n_frequency 512 --location_training_steps 200
+PRETRAIN := OMP_NUM_THREADS=1 $(BIN)/python train/pretrain_tiny_pix2pix.py
+assets: $(STAMP)
+	mkdir -p $(EMB)
+	$(PRETRAIN) --stage vae > $(EMB)/vae.log 2>&1
+	$(PRETRAIN) --stage decoder > $(EMB)/decoder.log 2>&1 & pid=$$!; \
+	  $(PRETRAIN) --stage unet > $(EMB)/unet.log 2>&1; status=$$?; wait $$pid && exit $$status
+	$(PRETRAIN) --stage export
+	$(BIN)/python -m loca_diffusion.embedded.photos --crops_dir $(EMB)/cartoon_photos
+	$(BIN)/python -m loca_diffusion.cartoonize --input_dir $(EMB)/cartoon_photos --output_dir $(EMB)/cartoon_pairs \
+	  --resolution 64 --num_colors 6 --bilateral_passes 1 --edge_c 8 --overwrite
+	OMP_NUM_THREADS=1 ACCELERATE_USE_CPU=1 $(BIN)/accelerate launch --num_machines 1 --num_processes 1 --cpu \
+	  --mixed_precision no --dynamo_backend no train/instruct_pix2pix_loca.py \
+	  --pretrained_model_name_or_path $(EMB)/base_fp32 --train_data_dir $(EMB)/cartoon_pairs \
+	  --output_dir $(EMB)/cartoonizer --resolution 64 --random_flip --sample_paraphrases \
+	  --train_batch_size 8 --gradient_accumulation_steps 1 $(CARTOONIZER_ARGS) \
+	  --checkpointing_steps 100 --resume_from_checkpoint latest --seed 0 \
+	  --validation_inference_steps 20 --num_validation_images 2 > $(EMB)/cartoonizer.log 2>&1
+	mkdir -p assets/adapters/cartoonizer
+	cd $(EMB)/cartoonizer && cp adapter_config.json adapter_model.safetensors README.md locations.png samples.png \
+	  $(CURDIR)/assets/adapters/cartoonizer/
+	sed -i '2s#$(EMB)/base_fp32#assets/tiny-instruct-pix2pix#' assets/adapters/cartoonizer/README.md
+	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --write_examples
 
 clean:
 	rm -rf $(VENV) loca-quickstart .pytest_cache

@@ -208,10 +208,15 @@ def build_cartoon_dataset(
     prompts: Sequence[str] | None = None,
     overwrite: bool = False,
     num_colors: int = 8,
+    bilateral_passes: int = 2,
+    edge_block_size: int = 9,
+    edge_c: int = 4,
 ) -> Path:
     """Write a cartoonization pair dataset (imagefolder layout, see the module docstring) to
     ``output_dir`` from ``photos`` ((name, path) pairs), the image files under ``input_dir`` and/or
-    the package photos, in that order, keeping the first ``limit``. Each row gets one paraphrase from
+    the package photos, in that order, keeping the first ``limit``. ``num_colors``, ``bilateral_passes``,
+    ``edge_block_size`` and ``edge_c`` go to :func:`cartoonize` (a larger ``edge_c`` draws fewer ink
+    lines: small images want fewer). Each row gets one paraphrase from
     ``prompts`` (default: the 50 cartoonization paraphrases), drawn with ``seed``. Undecodable image
     files are skipped with a warning naming them. Returns the path of ``metadata.jsonl``."""
     sources: list[tuple[str, Path]] = [(n, Path(p)) for n, p in (photos or [])]
@@ -263,7 +268,10 @@ def build_cartoon_dataset(
             continue
         stem = f"{len(rows):05d}_{_safe_name(name)}.png"
         photo.save(out / "original" / stem)
-        cartoonize(photo, num_colors=num_colors, seed=seed + len(rows)).save(out / "cartoonized" / stem)
+        cartoonize(
+            photo, num_colors=num_colors, bilateral_passes=bilateral_passes, edge_block_size=edge_block_size,
+            edge_c=edge_c, seed=seed + len(rows),
+        ).save(out / "cartoonized" / stem)
         rows.append(
             {
                 "original_image_file_name": f"original/{stem}",
@@ -294,6 +302,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the per-row paraphrase choice")
     p.add_argument("--limit", type=int, default=None, help="use at most this many photos")
     p.add_argument("--num_colors", type=int, default=8, help="palette size of the cartoonizer")
+    p.add_argument("--bilateral_passes", type=int, default=2, help="edge-preserving smoothing passes")
+    p.add_argument("--edge_block_size", type=int, default=9, help="ink-line threshold window (odd, >= 3)")
+    p.add_argument("--edge_c", type=int, default=4, help="ink-line threshold offset (larger: fewer lines)")
     p.add_argument("--prompts_file", type=str, default=None,
                    help="one instruction per line (default: the 50 cartoonization paraphrases)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output_dir")
@@ -322,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prompts=prompts,
                 overwrite=args.overwrite,
                 num_colors=args.num_colors,
+                bilateral_passes=args.bilateral_passes,
+                edge_block_size=args.edge_block_size,
+                edge_c=args.edge_c,
             )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

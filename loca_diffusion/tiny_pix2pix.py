@@ -91,6 +91,23 @@ def build_tiny_unet(width: int = 32) -> UNet2DConditionModel:
     )
 
 
+def build_clip_text_encoder(width: int, intermediate_size: int, layers: int = 2, heads: int = 4) -> CLIPTextModel:
+    """A small ``CLIPTextModel`` with CLIP's vocabulary and special tokens (77 positions)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+
+
 def build_tiny_instruct_pix2pix(work_dir: str | Path, seed: int = 0) -> StableDiffusionInstructPix2PixLoCAPipeline:
     """A randomly initialised tiny InstructPix2Pix pipeline (LoCA-enabled class), on CPU in float32.
 
@@ -110,19 +127,7 @@ def build_tiny_instruct_pix2pix(work_dir: str | Path, seed: int = 0) -> StableDi
         norm_num_groups=8,
         sample_size=32,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = build_clip_text_encoder(width=32, intermediate_size=64)
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

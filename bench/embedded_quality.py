@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Quality of the embedded default on the held-out photos (issue 8's table).
+
+    python bench/embedded_quality.py                 # -> bench/results/embedded_quality.{md,json} + grids
+    python bench/embedded_quality.py --write_examples    # also (re)writes assets/examples/
+
+Every number is a mean over the held-out photos' 64 px centre views (photos never seen in training),
+PSNR / SSIM against the code-made target of each edit. Reference rows: output = input (doing
+nothing) and the VAE round trip of the target (the best any edit through this VAE can reach). An
+edit ships when the model beats output = input by >= 3 dB; the LoCA cartoonizer must beat it by
+>= 2 dB. Sampling: 20 DDIM steps, no guidance, seed 0 (deterministic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_info  # noqa: E402
+from loca_diffusion.edit import load_pipeline  # noqa: E402
+from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION  # noqa: E402
+from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, EDITS, cartoon_targets  # noqa: E402
+from loca_diffusion.embedded.evaluate import evaluate_edits, mean_scores, run_edit, vae_roundtrip  # noqa: E402
+from loca_diffusion.embedded.photos import held_out_views, to_image, write_examples  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SHIP_MARGIN_DB = 3.0
+ADAPTER_MARGIN_DB = 2.0
+
+
+def picture_grid(rows: list[list[torch.Tensor]], header: list[str], path: Path, scale: int = 2) -> None:
+    s = RESOLUTION * scale
+    grid = Image.new("RGB", (len(header) * (s + 2), 14 + len(rows) * (s + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(header):
+        draw.text((j * (s + 2) + 2, 1), title[: s // 6], fill="black")
+    for i, row in enumerate(rows):
+        for j, x in enumerate(row):
+            grid.paste(to_image(x).resize((s, s), Image.Resampling.NEAREST), (j * (s + 2), 14 + i * (s + 2)))
+    grid.save(path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(BASE_DIR))
+    p.add_argument("--adapter", action="append", default=None, metavar="LABEL=DIR",
+                   help="cartoonizer adapters to compare (default: LoCA=assets/adapters/cartoonizer)")
+    p.add_argument("--write_examples", action="store_true", help="write assets/examples/ from the shipped edits")
+    p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    adapters = dict(a.split("=", 1) for a in (args.adapter or [f"LoCA={ADAPTERS_DIR / 'cartoonizer'}"]))
+
+    start = time.time()
+    pipe = load_pipeline(args.model)
+    names = [n for n, _ in held_out_views(RESOLUTION)]
+    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    base = evaluate_edits(pipe, views, EDITS)
+    recon = mean_scores(vae_roundtrip(pipe.vae, views), views)
+    shipped = [k for k, v in base.items() if v["psnr"] - v["identity_psnr"] >= SHIP_MARGIN_DB]
+
+    targets = cartoon_targets(views)
+    prompts = [CARTOON_INSTRUCTION] * len(views)
+    cartoon = {
+        "output = input": mean_scores(views, targets),
+        "VAE round trip of the target": mean_scores(vae_roundtrip(pipe.vae, targets), targets),
+    }
+    outputs = {"base (no adapter)": run_edit(pipe, views, prompts)}
+    for label, path in adapters.items():
+        pipe.load_loca(path, adapter_name="bench")
+        outputs[label] = run_edit(pipe, views, prompts)
+        pipe.unload_loca()
+    cartoon.update({k: mean_scores(v, targets) for k, v in outputs.items()})
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    picture_grid([[v, t, *(o[i] for o in outputs.values())] for i, (v, t) in enumerate(zip(views, targets))],
+                 ["input", "target", *outputs], RESULTS / "embedded_cartoon_grid.png")
+    edited = [e.apply(views) for e in EDITS]
+    model_out = run_edit(pipe, torch.cat([views] * len(EDITS)),
+                         [e.instructions[0] for e in EDITS for _ in views]).unflatten(0, (len(EDITS), len(views)))
+    rows = []
+    for i in range(len(views)):
+        rows.append([views[i], *(t[i] for t in edited)])
+        rows.append([views[i], *(m[i] for m in model_out)])
+    picture_grid(rows, ["input", *(e.name for e in EDITS)], RESULTS / "embedded_edits_grid.png")
+
+    result = {
+        "held_out_photos": names,
+        "resolution": RESOLUTION,
+        "sampling": {"steps": 20, "guidance_scale": 1.0, "image_guidance_scale": 1.0, "seed": 0},
+        "vae_reconstruction": recon,
+        "base_edits": base,
+        "shipped_edits": shipped,
+        "dropped_edits": [k for k in base if k not in shipped],
+        "cartoonizer": cartoon,
+        "machine": machine_info(torch.device("cpu")),
+        "seconds": round(time.time() - start, 1),
+    }
+    Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+
+    lines = [
+        "# Embedded default: held-out quality", "",
+        f"Reproduce: `python bench/embedded_quality.py` ({result['seconds']:.0f} s on {result['machine']['cpu']}, 1 thread).",
+        f"Held-out photos ({len(names)}, never seen in training): {', '.join(names)}; {RESOLUTION} px centre views.",
+        "Sampling: 20 DDIM steps, no classifier-free guidance, seed 0.", "",
+        f"VAE reconstruction of the photos: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}.", "",
+        "## Base edits (PSNR dB / SSIM against the code-made target)", "",
+        "| edit | model | output = input | VAE limit | gain (dB) | ships (gain >= 3 dB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, v in base.items():
+        lines.append(f"| {k} | {v['psnr']:.2f} / {v['ssim']:.3f} | {v['identity_psnr']:.2f} / {v['identity_ssim']:.3f} | "
+                     f"{v['vae_psnr']:.2f} / {v['vae_ssim']:.3f} | {v['psnr'] - v['identity_psnr']:+.2f} | "
+                     f"{'yes' if k in shipped else 'no'} |")
+    lines += ["", f"## Cartoonizer (instruction: \"{CARTOON_INSTRUCTION}\")", "",
+              "| output | PSNR (dB) | SSIM | gain over output = input (dB) |", "|---|---|---|---|"]
+    ident = cartoon["output = input"]["psnr"]
+    for k, v in cartoon.items():
+        lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |")
+    lines += ["", "Grids: `embedded_edits_grid.png` (per photo: targets row, then model row), "
+              "`embedded_cartoon_grid.png` (input / target / base / adapters).", ""]
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+    if args.write_examples:
+        files = write_examples(EXAMPLES_DIR, 192)  # the app shows them; edits resize to 64 px
+        rows = [{"image": f, "instruction": EDITS[[e.name for e in EDITS].index(shipped[i % len(shipped)])].instructions[0],
+                 "adapter": None} for i, f in enumerate(files)] if shipped else []
+        rows += [{"image": f, "instruction": CARTOON_INSTRUCTION, "adapter": "cartoonizer"} for f in files[:3]]
+        (EXAMPLES_DIR / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"wrote {len(rows)} examples to {EXAMPLES_DIR}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Run edits with an InstructPix2Pix pipeline on tensors, and score them against code-made targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .edits import Edit
+from .metrics import psnr, ssim
+from .photos import to_image
+
+# Sampling settings of the embedded model: 20 DDIM steps, no classifier-free guidance (at this model
+# size guidance over-saturated the edits in the prototype; see bench/results/embedded_quality.md).
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 1.0
+DEFAULT_IMAGE_GUIDANCE = 1.0
+
+
+@torch.no_grad()
+def run_edit(
+    pipe,
+    images: torch.Tensor,
+    instructions: Sequence[str],
+    *,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Edit ``images`` (B, 3, H, W) in [0, 1], one instruction each; returns (B, 3, H, W) in [0, 1]."""
+    if len(instructions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+    out = pipe(
+        prompt=list(instructions),
+        image=[to_image(x) for x in images],
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        image_guidance_scale=image_guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    ).images
+    return out.float().clamp(0, 1).cpu()
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, images: torch.Tensor) -> torch.Tensor:
+    """Decode(encode(x)) with the posterior mode: the best any edit through this VAE can do."""
+    dtype = next(vae.parameters()).dtype
+    z = vae.encode((images * 2 - 1).to(dtype)).latent_dist.mode()
+    return ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
+
+
+def mean_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    return {
+        "psnr": sum(psnr(o, t) for o, t in zip(outputs, targets)) / len(targets),
+        "ssim": sum(ssim(o, t) for o, t in zip(outputs, targets)) / len(targets),
+    }
+
+
+def evaluate_edits(pipe, views: torch.Tensor, edits: Sequence[Edit], **kwargs) -> dict[str, dict[str, float]]:
+    """Per edit: the model's mean PSNR / SSIM against the edit's target on ``views`` (canonical
+    instruction), and the references output = input and the VAE round trip of the target."""
+    batch = torch.cat([views] * len(edits))
+    targets = torch.cat([e.apply(views) for e in edits])
+    instructions = [e.instructions[0] for e in edits for _ in range(len(views))]
+    outputs = run_edit(pipe, batch, instructions, **kwargs)
+    limit = vae_roundtrip(pipe.vae, targets)
+    n = len(views)
+    results = {}
+    for i, e in enumerate(edits):
+        sl = slice(i * n, (i + 1) * n)
+        model, identity, vae = (mean_scores(x[sl], targets[sl]) for x in (outputs, batch, limit))
+        results[e.name] = {
+            "psnr": model["psnr"], "ssim": model["ssim"],
+            "identity_psnr": identity["psnr"], "identity_ssim": identity["ssim"],
+            "vae_psnr": vae["psnr"], "vae_ssim": vae["ssim"],
+        }
+    return results

@@ -1,0 +1,94 @@
+"""Model configurations of the embedded tiny InstructPix2Pix, and the pipeline assembled from them.
+
+Sizes were chosen with the 2-core CPU budget in mind (see ``train/pretrain_tiny_pix2pix.py``):
+64 px images, a VAE with 4x downsampling to 16 latent channels (16 x 16 x 16 latents: 3x fewer
+numbers than pixels; 4 latent channels capped reconstruction near 20 dB in the prototype and 8 were
+at 18.6 dB after 600 steps of a first run of this script), a two-layer width-64 CLIP text encoder
+with the real CLIP tokenizer, and a UNet with 32 input channels (16 noisy + 16 image latents),
+v-prediction and a zero-terminal-SNR DDIM schedule. More latent channels cost the UNet almost nothing
+(only its first and last convolution see them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from ..pipelines import StableDiffusionInstructPix2PixLoCAPipeline
+from ..tiny_pix2pix import build_clip_text_encoder, build_clip_tokenizer
+from . import RESOLUTION
+
+LATENT_CHANNELS = 16
+TEXT_WIDTH = 64
+
+
+def build_vae() -> AutoencoderKL:
+    """4x downsampling (three blocks), 8 latent channels, no mid-block attention (it cost time, not quality)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        latent_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=RESOLUTION,
+        mid_block_add_attention=False,
+    )
+
+
+def build_text_encoder() -> CLIPTextModel:
+    """CLIP text transformer, 2 layers of width 64, CLIP's vocabulary and special tokens."""
+    return build_clip_text_encoder(width=TEXT_WIDTH, intermediate_size=4 * TEXT_WIDTH)
+
+
+def build_unet() -> UNet2DConditionModel:
+    """Three levels on 16 x 16 latents (16, 8, 4: a receptive field that covers the image, which
+    flips need); self- and cross-attention to the instruction on the two lower levels (attention at
+    16 x 16 doubled the step time for no gain in the sizing runs)."""
+    return UNet2DConditionModel(
+        sample_size=RESOLUTION // 4,
+        in_channels=2 * LATENT_CHANNELS,  # noisy latents + image latents
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=16,
+        norm_num_groups=16,
+    )
+
+
+def build_scheduler() -> DDIMScheduler:
+    """DDIM, v-prediction, betas rescaled to zero terminal SNR with trailing timesteps (so the last
+    sampling step starts from pure noise, as training saw it). The training script reads the same
+    config as a ``DDPMScheduler``."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def assemble_pipeline(vae, text_encoder, unet, tokenizer_dir: str | Path) -> StableDiffusionInstructPix2PixLoCAPipeline:
+    """The diffusers pipeline of the embedded model (the tokenizer is rebuilt from open_clip's vocabulary)."""
+    return StableDiffusionInstructPix2PixLoCAPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_clip_tokenizer(tokenizer_dir),
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,89 @@
+"""The committed embedded default (assets/): the base loads and its shipped edits do what they say on
+held-out photos, the LoCA cartoonizer moves the output toward the cartoon target, and the edit CLI runs offline.
+References are computed independently of the model: pixel correlation with the input,
+PSNR against loca_diffusion.cartoonize's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION
+from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, cartoon_targets
+from loca_diffusion.embedded.evaluate import run_edit
+from loca_diffusion.embedded.metrics import psnr
+from loca_diffusion.embedded.photos import PHOTOS, centre_square, to_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+HELD_OUT = ("chelsea.png", "coffee.png")
+
+
+@pytest.fixture(scope="module")
+def pipe(torch_single_thread):
+    from loca_diffusion.edit import load_pipeline
+
+    return load_pipeline(BASE_DIR)
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    return torch.stack([to_tensor(centre_square(Image.open(EXAMPLES_DIR / f), RESOLUTION)) for f in HELD_OUT])
+
+
+def test_examples_are_held_out_and_listed():
+    held_out = {f"{p.name}.png" for p in PHOTOS if p.held_out}
+    rows = [json.loads(line) for line in (EXAMPLES_DIR / "examples.jsonl").read_text().splitlines() if line.strip()]
+    assert rows and {r["image"] for r in rows} <= held_out
+    assert all((EXAMPLES_DIR / r["image"]).is_file() for r in rows)
+    assert {r["adapter"] for r in rows} <= {None, "cartoonizer"}
+
+
+def test_base_loads_as_instruct_pix2pix(pipe):
+    from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline
+
+    assert isinstance(pipe, StableDiffusionInstructPix2PixLoCAPipeline)
+    assert pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels
+    index = json.loads((BASE_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
+    assert (BASE_DIR / "tokenizer").is_dir()  # loads offline: nothing to download
+
+
+def test_invert_correlates_negatively_with_the_input(pipe, photos):
+    out = run_edit(pipe, photos, ["invert the colors"] * len(photos))
+    for x, y in zip(photos, out):
+        r = np.corrcoef(x.flatten().numpy(), y.flatten().numpy())[0, 1]
+        assert r < -0.5, r
+
+
+def test_cartoonizer_adapter_moves_toward_the_cartoon(pipe, photos):
+    targets = cartoon_targets(photos)
+    prompts = [CARTOON_INSTRUCTION] * len(photos)
+    before = run_edit(pipe, photos, prompts)
+    pipe.load_loca(ADAPTERS_DIR / "cartoonizer", adapter_name="test_cartoon")
+    try:
+        after = run_edit(pipe, photos, prompts)
+    finally:
+        pipe.unload_loca()
+    for b, a, t in zip(before, after, targets):
+        assert psnr(a, t) > psnr(b, t) + 1.0, (psnr(a, t), psnr(b, t))
+
+
+def test_edit_cli_runs_offline(tmp_path):
+    out = tmp_path / "edited.png"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "loca_diffusion.edit", "--image", str(EXAMPLES_DIR / HELD_OUT[0]),
+         "--instruction", "make it black and white", "--adapter", str(ADAPTERS_DIR / "cartoonizer"),
+         "--steps", "4", "--output", str(out)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(out).size == (RESOLUTION, RESOLUTION)
