@@ -74,6 +74,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
     parser.add_argument("--max_megapixels", type=float, default=50.0, help="largest upload accepted, in megapixels")
     parser.add_argument("--queue_size", type=int, default=16, help="requests waiting beyond this are turned away")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps the controls start at (default: 20)")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="text guidance the controls start at (default: 1.0 for the embedded model, which was trained "
+        "to edit without guidance, else the original demo's 7.5)",
+    )
+    parser.add_argument(
+        "--image_guidance_scale",
+        type=float,
+        default=None,
+        help="image guidance the controls start at (default: 1.0 for the embedded model, else 1.5)",
+    )
     parser.add_argument(
         "--examples", default=None, help="a JSON-lines file of examples (default: assets/examples/examples.jsonl)"
     )
@@ -120,6 +134,26 @@ def build_engine(args: argparse.Namespace):
     )
 
 
+def start_settings(args: argparse.Namespace):
+    """The sampling settings the controls start at: the command line's, else the base model's recommended
+    ones (the embedded model edits without classifier-free guidance; others get the original demo's)."""
+    from app.engine import DEFAULT_BASE_DIR
+    from app.ui import ORIGINAL_DEMO_SETTINGS, Settings
+
+    recommended = ORIGINAL_DEMO_SETTINGS
+    if args.base is None and DEFAULT_BASE_DIR.is_dir():
+        from loca_diffusion.embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
+
+        recommended = Settings(DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE)
+    return Settings(
+        steps=args.steps if args.steps is not None else recommended.steps,
+        guidance_scale=args.guidance_scale if args.guidance_scale is not None else recommended.guidance_scale,
+        image_guidance_scale=(
+            args.image_guidance_scale if args.image_guidance_scale is not None else recommended.image_guidance_scale
+        ),
+    )
+
+
 def launch_kwargs(args: argparse.Namespace) -> dict:
     """Keyword arguments of ``Blocks.launch``: the host, port and caps from the command line; no share link,
     no server-side rendering process, errors shown only as the messages the app raises."""
@@ -146,7 +180,7 @@ def create_app(args: argparse.Namespace):
     from app.ui import build_demo  # imports gradio: only when serving, so --help stays instant
 
     engine = build_engine(args)
-    demo = build_demo(engine, load_examples(args.examples))
+    demo = build_demo(engine, load_examples(args.examples), settings=start_settings(args))
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return engine, demo
 

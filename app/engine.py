@@ -477,7 +477,7 @@ def _load_base(base: Optional[str], dtype: torch.dtype, local_files_only: bool):
             return pipe, "tiny InstructPix2Pix built in code (random weights)"
     try:
         pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
-            base, torch_dtype=dtype, use_safetensors=True, local_files_only=local_files_only
+            base, dtype=dtype, use_safetensors=True, local_files_only=local_files_only
         )
     except Exception as error:
         hint = (

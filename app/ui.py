@@ -11,6 +11,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,10 +22,19 @@ from .examples import Example
 
 logger = logging.getLogger("loca_app")
 
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sampling settings the controls start at (and Reset and the examples use)."""
+
+    steps: int = 20
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+
+
 # the original demo's defaults and randomisation ranges
-DEFAULT_STEPS = 20
-DEFAULT_TEXT_GUIDANCE = 7.5
-DEFAULT_IMAGE_GUIDANCE = 1.5
+ORIGINAL_DEMO_SETTINGS = Settings()
 RANDOM_SEED_RANGE = (0, 100_000)
 RANDOM_TEXT_GUIDANCE = (6.0, 9.0)
 RANDOM_IMAGE_GUIDANCE = (1.2, 1.8)
@@ -63,8 +73,15 @@ def _user_error(error: Exception) -> gr.Error:
     return gr.Error(f"The edit failed ({type(error).__name__}); the server log has the details")
 
 
-def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Optional[str] = None) -> gr.Blocks:
-    """The app's Blocks. ``out_dir`` receives the PNG files offered for download."""
+def build_demo(
+    engine: EditEngine,
+    examples: list[Example] = (),
+    *,
+    out_dir: Optional[str] = None,
+    settings: Settings = ORIGINAL_DEMO_SETTINGS,
+) -> gr.Blocks:
+    """The app's Blocks. ``out_dir`` receives the PNG files offered for download; ``settings`` are the
+    sampling settings the controls start at (the base model's recommended ones)."""
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="loca-app-out-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     choices = [("none (base model)", NO_ADAPTER)] + [(name, name) for name in engine.adapters]
@@ -117,9 +134,9 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
         return run(
             image_path,
             instruction,
-            DEFAULT_STEPS,
-            DEFAULT_TEXT_GUIDANCE,
-            DEFAULT_IMAGE_GUIDANCE,
+            settings.steps,
+            settings.guidance_scale,
+            settings.image_guidance_scale,
             0,
             False,
             False,
@@ -163,14 +180,14 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
                         mix_weight = gr.Slider(*limits.strength, value=0.5, step=0.05, label="Its weight")
                 compare = gr.Checkbox(False, label="Compare with the base model (same seed)")
                 with gr.Accordion("Settings", open=False):
-                    steps = gr.Slider(*limits.steps, value=DEFAULT_STEPS, step=1, label="Steps")
+                    steps = gr.Slider(*limits.steps, value=settings.steps, step=1, label="Steps")
                     with gr.Row():
                         text_guidance = gr.Slider(
-                            *limits.guidance_scale, value=DEFAULT_TEXT_GUIDANCE, step=0.1, label="Text guidance"
+                            *limits.guidance_scale, value=settings.guidance_scale, step=0.1, label="Text guidance"
                         )
                         image_guidance = gr.Slider(
                             *limits.image_guidance_scale,
-                            value=DEFAULT_IMAGE_GUIDANCE,
+                            value=settings.image_guidance_scale,
                             step=0.05,
                             label="Image guidance",
                         )
@@ -208,8 +225,8 @@ def build_demo(engine: EditEngine, examples: list[Example] = (), *, out_dir: Opt
         instruction.submit(generate, inputs, outputs, api_name=False, concurrency_limit=1)
 
         defaults = [
-            None, "", DEFAULT_STEPS, DEFAULT_TEXT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, 0, True, False, NO_ADAPTER, 1.0,
-            NO_ADAPTER, 0.5, False,
+            None, "", settings.steps, settings.guidance_scale, settings.image_guidance_scale, 0, True, False,
+            NO_ADAPTER, 1.0, NO_ADAPTER, 0.5, False,
         ]  # fmt: skip
         cleared = [None, None, None, None, None, gr.DownloadButton(visible=False), ""]
         reset_btn.click(

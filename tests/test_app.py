@@ -426,3 +426,39 @@ def test_examples_file(tmp_path):
     ]
     fallback = load_examples(tmp_path / "absent.jsonl")  # photos shipped with scikit-image
     assert len(fallback) == 3 and all(Image.open(e.image).size[0] > 100 for e in fallback)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the default configuration (`make demo`): the embedded model and its cartoonizer
+
+
+def test_default_app_serves_the_embedded_model_and_its_cartoonizer(torch_single_thread):
+    from app.app import build_engine, start_settings
+    from app.engine import DEFAULT_ADAPTERS_DIR, DEFAULT_BASE_DIR
+    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
+
+    args = parse_args(["--device", "cpu"])
+    settings = start_settings(args)
+    # the embedded model edits without classifier-free guidance; another base gets the original demo's
+    assert (settings.steps, settings.guidance_scale, settings.image_guidance_scale) == (20, 1.0, 1.0)
+    other = start_settings(parse_args(["--base", "timbrooks/instruct-pix2pix", "--guidance_scale", "8"]))
+    assert (other.guidance_scale, other.image_guidance_scale) == (8.0, 1.5)
+
+    engine = build_engine(args)
+    assert engine.adapters == ["cartoonizer"] and engine.limits.max_side == 64
+    image = engine.fit(engine.open_image(ROOT / "assets" / "examples" / "chelsea.png"))
+    instruction = "Change the natural image to a cartoon-style image."
+    request = engine.request(
+        instruction, steps=4, guidance_scale=1.0, image_guidance_scale=1.0, seed=0, adapters=[("cartoonizer", 1)]
+    )
+    served = engine.edit(image, request).image
+
+    reference = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(DEFAULT_BASE_DIR, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_loca(DEFAULT_ADAPTERS_DIR / "cartoonizer")
+    expected = reference(
+        instruction, image=image, num_inference_steps=4, guidance_scale=1.0, image_guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images[0]  # fmt: skip
+    # fused (the app) vs unfused (the reference): the same edit up to float rounding
+    assert np.abs(np.asarray(served, dtype=float) - np.round(expected * 255)).max() <= 2

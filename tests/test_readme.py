@@ -17,7 +17,7 @@ def test_readme_quickstart_is_the_example_file():
 def test_readme_setup_commands_exist_in_makefile_and_ci():
     readme = (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("edit", "quickstart", "test"):
+    for target in ("demo", "edit", "quickstart", "test"):
         assert f"make {target}" in readme
         assert re.search(rf"^{target}:", makefile, flags=re.M)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
