@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .tuners.loca.config import SCHEDULE_VARIANTS
-from .tuners.loca.layer import LoCALayer
+from .tuners.loca.layer import LoCALayer, iter_loca_layers, unwrap_parallel
 
 COEFFICIENTS, LOCATIONS, JOINT = "coefficients", "locations", "joint"
 
@@ -92,7 +92,7 @@ class LoCASchedule:
         return self.locations_frozen_at(self.step_count)
 
     def _layers(self) -> Iterable[LoCALayer]:
-        return (m for m in _unwrap(self.model).modules() if isinstance(m, LoCALayer))
+        return (layer for _, layer in iter_loca_layers(self.model))
 
     def _apply(self) -> None:
         learn = self.phase() in (LOCATIONS, JOINT)
@@ -174,12 +174,8 @@ class LoCASchedule:
         self._apply()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _find_config(model: nn.Module, adapter_name: Optional[str]):
-    configs = getattr(_unwrap(model), "peft_config", None)
+    configs = getattr(unwrap_parallel(model), "peft_config", None)
     if not configs:
         return None
     if adapter_name is not None:

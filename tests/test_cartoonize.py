@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+import cv2  # noqa: F401  (a required dependency: fail loudly if missing)
 import numpy as np
 import pytest
 from PIL import Image
-
-import cv2  # noqa: F401  (a required dependency: fail loudly if missing)
 
 from loca_diffusion.cartoonize import (  # noqa: E402
     build_cartoon_dataset,

@@ -7,13 +7,12 @@ import json
 import shutil
 import time
 
+import cv2  # noqa: F401  (required dependencies: fail loudly if missing)
+import datasets  # noqa: F401
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import cv2  # noqa: F401  (required dependencies: fail loudly if missing)
-import datasets  # noqa: F401
 
 from loca_diffusion.cartoonize import build_cartoon_dataset  # noqa: E402
 from loca_diffusion.data import (  # noqa: E402

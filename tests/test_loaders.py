@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 
 import loca_diffusion
@@ -29,7 +30,6 @@ from loca_diffusion.pipelines import (
     loca_pipeline_class,
 )
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PREFIX = "base_model.model."

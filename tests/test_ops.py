@@ -19,8 +19,8 @@ from loca_diffusion.tuners.loca.ops import (
     delta_weight,
     dense_delta_weight,
     indices_to_locations,
-    locations_to_indices,
     loca_linear,
+    locations_to_indices,
 )
 
 STRATEGIES = ["weight", "hybrid", "activation"]

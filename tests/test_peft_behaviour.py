@@ -18,11 +18,6 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
-from torch.func import functional_call
-
-import loca_diffusion  # noqa: F401  (registers PeftType.LOCA)
-from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule
 from peft import (
     PeftModel,
     get_peft_model,
@@ -31,6 +26,11 @@ from peft import (
     set_peft_model_state_dict,
 )
 from peft.utils import get_base_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+
+import loca_diffusion  # noqa: F401  (registers PeftType.LOCA)
+from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule
 
 PEFT_PREFIX = "base_model.model."
 

@@ -14,14 +14,14 @@ import subprocess
 import sys
 
 import torch.nn as nn
+from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType
 
 import loca_diffusion
 from loca_diffusion import LoCAConfig, LoCAModel
 from loca_diffusion.tuners.loca import register
 from loca_diffusion.tuners.loca.peft_type import ensure_peft_type
-from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.utils import PeftType
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

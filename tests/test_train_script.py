@@ -117,8 +117,9 @@ def test_train_resume_and_load(tiny_pix2pix_dir, pairs, tmp_path, torch_single_t
     assert "validation" in events.Tags()["images"] and "loss" in events.Tags()["scalars"]
 
     # the adapter loads into a pipeline with load_loca and changes its output; unload restores it
-    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
     from PIL import Image
+
+    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
 
     pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(tiny_pix2pix_dir, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)

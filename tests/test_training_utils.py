@@ -10,15 +10,14 @@ from peft import PeftModel, get_peft_model
 from PIL import Image
 
 from loca_diffusion import LoCAConfig
+from loca_diffusion.pictures import image_grid, location_heatmap
 from loca_diffusion.training import (
     CHECKPOINT_INFO_FILE,
     build_adapter_config,
     checkpoint_dirs,
     conditioning_dropout,
     count_moved_locations,
-    image_grid,
     latest_checkpoint,
-    location_heatmap,
     location_snapshot,
     save_adapter,
     save_checkpoint,
@@ -113,8 +112,7 @@ def test_image_grid():
 def test_push_to_hub_fails_fast_offline(tmp_path, monkeypatch):
     import time
 
-    from loca_diffusion.hub import HubUnavailableError
-    from loca_diffusion.training import push_to_hub
+    from loca_diffusion.hub import HubUnavailableError, push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()

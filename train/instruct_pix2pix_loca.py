@@ -43,8 +43,9 @@ from loca_diffusion.data import (
     load_edit_dataset,
     make_train_dataset,
 )
-from loca_diffusion.hub import HubUnavailableError
+from loca_diffusion.hub import HubUnavailableError, push_to_hub
 from loca_diffusion.images import load_rgb
+from loca_diffusion.pictures import image_grid, location_heatmap
 from loca_diffusion.training import (
     ADAPTERS,
     CHECKPOINT_INFO_FILE,
@@ -55,11 +56,8 @@ from loca_diffusion.training import (
     complete_checkpoints,
     conditioning_dropout,
     count_moved_locations,
-    image_grid,
     latest_checkpoint,
-    location_heatmap,
     location_snapshot,
-    push_to_hub,
     register_checkpoint_hooks,
     save_adapter,
     save_checkpoint,

@@ -8,11 +8,11 @@ from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
 from .config import LoCAConfig
-from .layer import Linear, LoCALayer
+from .layer import Linear, LoCALayer, iter_loca_layers
 from .model import LoCAModel
 from .peft_type import METHOD_NAME, PREFIX, ensure_peft_type
 
-__all__ = ["LoCAConfig", "LoCALayer", "LoCAModel", "Linear", "register"]
+__all__ = ["LoCAConfig", "LoCALayer", "LoCAModel", "Linear", "iter_loca_layers", "register"]
 
 
 def register() -> None:

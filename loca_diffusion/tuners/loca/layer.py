@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,8 @@ from .ops import (
     delta_weight,
     effective_weight,
     indices_to_locations,
-    locations_to_indices,
     loca_linear,
+    locations_to_indices,
 )
 
 # value of every entry of `loca_fixed_locations[name]` while the locations are learned (not frozen)
@@ -445,3 +445,35 @@ class Linear(nn.Module, LoCALayer):
 
 def _sync_frozen_flags_after_load(module: LoCALayer, incompatible_keys) -> None:
     module._sync_frozen_flags()
+
+
+# Name segments that wrappers insert between a model and its layers: FSDP, activation checkpointing,
+# torch.compile. Adapter files and PEFT state dicts never contain them.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (as accelerate's
+    ``prepare`` returns it), else ``model`` itself."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def iter_loca_layers(model: nn.Module) -> Iterator[tuple[str, LoCALayer]]:
+    """Every LoCA layer of ``model`` with its name as adapter files and PEFT state dicts spell it: a DDP /
+    DataParallel wrapper is looked through and FSDP, activation-checkpointing and ``torch.compile``
+    wrapper segments are left out of the names."""
+    for name, module in unwrap_parallel(model).named_modules():
+        if isinstance(module, LoCALayer):
+            yield ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS), module
+
+
+def get_wrapped_submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` for a ``name`` from :func:`iter_loca_layers` (wrapper segments left out)."""
+    module = unwrap_parallel(model)
+    for part in filter(None, name.split(".")):
+        while not hasattr(module, part) and any(hasattr(module, w) for w in _WRAPPER_SEGMENTS):
+            module = next(getattr(module, w) for w in _WRAPPER_SEGMENTS if hasattr(module, w))
+        module = getattr(module, part)
+    return module

@@ -30,7 +30,17 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ...dct import _column_map, dct, dct_columns, dct_matrix, dct_spectrum, idct, idct2, idct_sparse_columns, working_dtype
+from ...dct import (
+    _column_map,
+    dct,
+    dct_columns,
+    dct_matrix,
+    dct_spectrum,
+    idct,
+    idct2,
+    idct_sparse_columns,
+    working_dtype,
+)
 
 LOCATION_GRAD_MODES = ("central", "forward", "backward")
 STRATEGIES = ("auto", "weight", "hybrid", "activation")
