@@ -26,11 +26,12 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
+
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.timing import peak_transient_bytes, time_round_robin  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer  # noqa: E402
-from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
 
 SHAPES = [(320, 320), (640, 640), (1280, 1280), (320, 768), (1280, 768)]  # (d_out, d_in)
 TOKENS = [154, 2048, 8192]

@@ -49,13 +49,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusers import UNet2DConditionModel  # noqa: E402
+from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
+
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.timing import peak_transient_bytes, sync, time_round_robin  # noqa: E402
-from diffusers import UNet2DConditionModel  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule  # noqa: E402
-from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
-from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]

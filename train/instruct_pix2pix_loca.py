@@ -16,6 +16,7 @@ like diffusers' train_instruct_pix2pix.py; data, adapter, checkpoint and picture
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
-from loca_diffusion import LoCASchedule
+from loca_diffusion import LoCAConfig, LoCASchedule
 from loca_diffusion.data import (
     DEFAULT_DATASET_NAME,
     DEFAULT_EDIT_PROMPT_COLUMN,
@@ -64,8 +65,14 @@ from loca_diffusion.training import (
     trainable_parameter_count,
     write_model_card,
 )
+from loca_diffusion.tuners.loca import LOCATION_GRAD_MODES, SCHEDULE_VARIANTS
 
 logger = get_logger(__name__, log_level="INFO")
+
+#: The LoCA flags' defaults are LoCAConfig's field defaults (one source for the library and the script).
+LOCA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoCAConfig) if f.default is not dataclasses.MISSING}
+#: T_s of the paper's Table 11 run (10 000 steps); LoCAConfig's own default (None) means 10% of the run.
+PAPER_LOCATION_TRAINING_STEPS = 1200
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,17 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     # adapter
     p.add_argument("--adapter", choices=ADAPTERS, default="loca", help="Adapter to train: LoCA or a baseline.")
     p.add_argument("--target_modules", default=",".join(UNET_ATTENTION_TARGETS), help="Comma-separated UNet module names to adapt.")
-    p.add_argument("--n_frequency", type=int, default=1000, help="LoCA / FourierFT coefficients per layer.")
-    p.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
-    p.add_argument("--location_lr", type=float, default=1e-4, help="LoCA: learning rate of the locations.")
-    p.add_argument("--coefficient_steps", type=int, default=10, help="LoCA: coefficient steps per alternation (B_a).")
-    p.add_argument("--location_steps", type=int, default=20, help="LoCA: location steps per alternation (B_l).")
-    p.add_argument("--location_training_steps", type=int, default=1200, help="LoCA: steps after which locations freeze (T_s).")
-    p.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central", help="LoCA: finite-difference location gradient.")
-    p.add_argument(
-        "--schedule_variant", choices=["alternating", "fixed", "alternate_throughout", "joint"], default="alternating", help="LoCA: location schedule (paper ablations)."
-    )
-    p.add_argument("--random_loc_seed", type=int, default=777, help="LoCA: seed of the initial locations.")
+    p.add_argument("--n_frequency", type=int, default=LOCA_DEFAULTS["n_frequency"], help="LoCA / FourierFT coefficients per layer.")
+    p.add_argument("--scaling", type=float, default=LOCA_DEFAULTS["scaling"], help="LoCA alpha.")
+    p.add_argument("--location_lr", type=float, default=LOCA_DEFAULTS["location_lr"], help="LoCA: learning rate of the locations.")
+    p.add_argument("--coefficient_steps", type=int, default=LOCA_DEFAULTS["coefficient_steps"], help="LoCA: coefficient steps per alternation (B_a).")
+    p.add_argument("--location_steps", type=int, default=LOCA_DEFAULTS["location_steps"], help="LoCA: location steps per alternation (B_l).")
+    p.add_argument("--location_training_steps", type=int, default=PAPER_LOCATION_TRAINING_STEPS, help="LoCA: steps after which locations freeze (T_s; the paper's 1200 of 10 000 steps).")
+    p.add_argument("--location_grad", choices=LOCATION_GRAD_MODES, default=LOCA_DEFAULTS["location_grad"], help="LoCA: finite-difference location gradient.")
+    p.add_argument("--schedule_variant", choices=SCHEDULE_VARIANTS, default=LOCA_DEFAULTS["schedule_variant"], help="LoCA: location schedule (paper ablations).")
+    p.add_argument("--random_loc_seed", type=int, default=LOCA_DEFAULTS["random_loc_seed"], help="LoCA: seed of the initial locations.")
     p.add_argument("--fourierft_scaling", type=float, default=64.0, help="FourierFT scaling.")
     p.add_argument("--lora_rank", type=int, default=4, help="LoRA rank (>= 1).")
     p.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
@@ -381,9 +386,9 @@ def main(argv=None) -> None:
         unet.add_adapter(adapter_config)
     except ValueError as error:
         fail(f"--adapter {args.adapter}: {error}")
-    for p in unet.parameters():  # adapters in fp32 whatever the base dtype
-        if p.requires_grad:
-            p.data = p.data.float()
+    from diffusers.training_utils import cast_training_params
+
+    cast_training_params(unet, dtype=torch.float32)  # adapters in fp32 whatever the base dtype
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
