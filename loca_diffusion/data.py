@@ -17,10 +17,11 @@ columns hold file names as strings (``{"file_name": "a.png", "edited_image": "b.
 accepted too: a requested image column holding strings is read as paths relative to ``DIR``.
 
 Columns are checked up front (a missing one lists the available columns and names the option to
-change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up front by default (``verify_images``), and the
-error names every file that cannot be decoded. A Hub name fails fast when the Hub cannot be reached
-(:class:`HubUnavailableError`, one short probe instead of ``datasets``' ~25 s of retries), with a
-message that says how to pass a local folder (``--train_data_dir``) instead.
+change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up
+front by default (``verify_images``), and the error names every file that cannot be decoded. A Hub
+name fails fast when the Hub cannot be reached (:class:`HubUnavailableError`, one short probe through
+:mod:`loca_diffusion.hub` instead of ``datasets``' ~25 s of retries), with a message that says how to
+pass a local folder (``--train_data_dir``) instead.
 
 Training preprocessing mirrors diffusers' ``examples/instruct_pix2pix/train_instruct_pix2pix.py``:
 :class:`EditPairTransform` resizes both images of a pair to the same square size and applies the
@@ -128,7 +129,9 @@ def _load_hub(name: str, config_name, split, cache_dir, token, timeout):
     offline = hub_offline() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
     if not offline:
         error = probe_repo(name, repo_type="dataset", token=token, timeout=timeout)
-        remedy = f"If the dataset is already in the local datasets cache, set HF_HUB_OFFLINE=1 to use it. {_LOCAL_HINT}"
+        remedy = (
+            f"If the dataset is already in the local datasets cache, set HF_HUB_OFFLINE=1 to use it. {_LOCAL_HINT}"
+        )
         raised = None if error is None else classify_hub_error(error, name, remedy, kind="dataset")
         if raised is not None:
             raise raised from None
@@ -173,8 +176,8 @@ def _load_local(folder: str | os.PathLike, split: str, cache_dir):
     if not any(next(root.rglob(m), None) is not None for m in METADATA_FILENAMES):
         raise FileNotFoundError(
             f"no metadata file ({', '.join(METADATA_FILENAMES)}) in {str(root)!r}: an edit-pair folder needs "
-            f"metadata.jsonl rows like {{\"original_image_file_name\": \"original/0.png\", \"edit_prompt\": \"...\", "
-            f"\"cartoonized_image_file_name\": \"cartoonized/0.png\"}} (see loca_diffusion.data)."
+            f'metadata.jsonl rows like {{"original_image_file_name": "original/0.png", "edit_prompt": "...", '
+            f'"cartoonized_image_file_name": "cartoonized/0.png"}} (see loca_diffusion.data).'
         )
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=cache_dir)
@@ -306,7 +309,9 @@ def verify_images(ds, image_columns: Sequence[str], max_reported: int = 20) -> N
             except Exception as err:  # noqa: BLE001
                 count += 1
                 if len(failures) < max_reported:
-                    failures.append(f"{_describe(example[column])} (column {column!r}, row {row}): {type(err).__name__}: {err}")
+                    failures.append(
+                        f"{_describe(example[column])} (column {column!r}, row {row}): {type(err).__name__}: {err}"
+                    )
     if failures:
         more = f" (and {count - len(failures)} more)" if count > len(failures) else ""
         raise CorruptImageError(f"{count} image(s) cannot be decoded{more}:\n  " + "\n  ".join(failures))

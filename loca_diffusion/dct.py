@@ -97,7 +97,10 @@ def _fft_tables(n: int, device: torch.device, dtype: torch.dtype) -> dict[str, t
         "i_r": sin[kh] / scale[n - kh],
         "i_u": -cos[kh] / scale[n - kh],
     }
-    return {key: (value if key in ("perm", "inv_perm") else value.to(device=device, dtype=dtype)) for key, value in tables.items()}
+    return {
+        key: (value if key in ("perm", "inv_perm") else value.to(device=device, dtype=dtype))
+        for key, value in tables.items()
+    }
 
 
 def _along(table: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
@@ -223,7 +226,9 @@ def idct_sparse_columns(values: torch.Tensor, columns: torch.Tensor, n: int) -> 
     direct_weight = torch.complex(t["i_p"][direct_bin], t["i_q"][direct_bin]) * (columns < h)
     spectrum.index_add_(-1, direct_bin, values * direct_weight)
     mirror_bin = (n - columns).clamp(min=1, max=h - 1)
-    mirror_weight = torch.complex(t["i_r"][mirror_bin - 1], t["i_u"][mirror_bin - 1]) * ((columns > 0) & (n - columns < h))
+    mirror_weight = torch.complex(t["i_r"][mirror_bin - 1], t["i_u"][mirror_bin - 1]) * (
+        (columns > 0) & (n - columns < h)
+    )
     spectrum.index_add_(-1, mirror_bin, values * mirror_weight)
     v = torch.fft.irfft(spectrum, n=n, dim=-1)
     return v.index_select(-1, t["inv_perm"])

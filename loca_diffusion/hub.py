@@ -58,7 +58,8 @@ def hub_offline() -> bool:
 
 
 def looks_like_repo_id(name: str) -> bool:
-    """``"name"`` or ``"namespace/name"`` in the Hub's alphabet (a string that cannot be a Hub id is a missing path)."""
+    """``"name"`` or ``"namespace/name"`` in the Hub's alphabet (a string that cannot be a Hub id is a
+    missing path)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(name, str) or not name or name.startswith((".", "/", "~")) or "\\" in name:
@@ -74,7 +75,9 @@ def looks_like_repo_id(name: str) -> bool:
 # one deadline, one classifier
 
 
-def with_deadline(call: Callable[[], T], timeout: float, name: str = "hub-request") -> tuple[Optional[T], Optional[BaseException]]:
+def with_deadline(
+    call: Callable[[], T], timeout: float, name: str = "hub-request"
+) -> tuple[Optional[T], Optional[BaseException]]:
     """``(result, None)`` when ``call()`` returned within ``timeout`` seconds (plus 2 s of slack for the
     request's own timeout to fire first), else ``(None, error)``: what it raised, or a ``TimeoutError``."""
     outcome: list = []
@@ -158,7 +161,9 @@ def probe_repo(
     from huggingface_hub import HfApi
 
     def ask():
-        HfApi(endpoint=endpoint).repo_info(repo_id, revision=revision, repo_type=repo_type, token=token, timeout=timeout)
+        HfApi(endpoint=endpoint).repo_info(
+            repo_id, revision=revision, repo_type=repo_type, token=token, timeout=timeout
+        )
 
     return with_deadline(ask, timeout, name=f"hub-probe:{repo_id}")[1]
 
@@ -272,7 +277,8 @@ def resolve_local_or_hub(
         return str(target)
     if not looks_like_repo_id(name):
         raise FileNotFoundError(
-            f"'{name}' does not exist locally and is not a valid Hugging Face Hub repo id ('name' or 'namespace/name')."
+            f"'{name}' does not exist locally and is not a valid Hugging Face Hub repo id "
+            "('name' or 'namespace/name')."
         )
 
     cached = _from_cache(name, filename, subfolder, revision, cache_dir, repo_type, allow_patterns)
@@ -333,7 +339,9 @@ def resolve_local_or_hub(
 # upload
 
 
-def push_to_hub(output_dir: Union[str, os.PathLike], repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
+def push_to_hub(
+    output_dir: Union[str, os.PathLike], repo_id: str, token: Optional[str] = None, private: bool = False
+) -> str:
     """Upload a trained adapter directory (adapter, model card, pictures; not checkpoints or logs) to the
     Hub; returns the repo URL. Without network it fails at once with what to do instead."""
     from huggingface_hub import HfApi

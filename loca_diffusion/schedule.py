@@ -71,7 +71,9 @@ class LoCASchedule:
                 if total_steps is None:
                     raise ValueError("Pass location_training_steps (T_s) or total_steps (T_s = 10% of it)")
                 t_s = max(1, round(0.1 * total_steps))
-        self.location_training_steps = None if self.variant == "alternate_throughout" else (0 if self.variant == "fixed" else int(t_s))
+        self.location_training_steps = (
+            None if self.variant == "alternate_throughout" else (0 if self.variant == "fixed" else int(t_s))
+        )
         self.location_lr = float(defaults.location_lr)
         self.step_count = 0
         self._apply()
@@ -128,7 +130,9 @@ class LoCASchedule:
         locations = [p for p in self.location_parameters() if p.requires_grad]
         taken = {id(p) for p in coefficients + locations}
         others = [p for p in other_parameters if p.requires_grad and id(p) not in taken]
-        groups = [{"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}]
+        groups = [
+            {"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}
+        ]
         if locations:
             groups.append(
                 {

@@ -73,7 +73,10 @@ def build_adapter_config(
     if rank < 1:
         raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
     return LoraConfig(
-        r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank, target_modules=target_modules, init_lora_weights="gaussian"
+        r=rank,
+        lora_alpha=lora_alpha if lora_alpha is not None else rank,
+        target_modules=target_modules,
+        init_lora_weights="gaussian",
     )
 
 
@@ -105,7 +108,9 @@ def conditioning_dropout(
     batch = encoder_hidden_states.shape[0]
     u = torch.rand(batch, device="cpu", generator=generator).to(encoder_hidden_states.device)
     drop_text = (u < 2 * probability).view(batch, 1, 1)
-    encoder_hidden_states = torch.where(drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states)
+    encoder_hidden_states = torch.where(
+        drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states
+    )
     keep_image = 1 - ((u >= probability) & (u < 3 * probability)).to(original_image_latents.dtype)
     return encoder_hidden_states, original_image_latents * keep_image.view(batch, 1, 1, 1)
 
@@ -238,7 +243,9 @@ def complete_checkpoints(output_dir: str | Path, warn: bool = False) -> list[Pat
         if checkpoint_info(path) is not None:
             complete.append(path)
         elif warn:
-            logger.warning(f"skipping incomplete checkpoint {path} (no {CHECKPOINT_INFO_FILE}: its save was interrupted)")
+            logger.warning(
+                f"skipping incomplete checkpoint {path} (no {CHECKPOINT_INFO_FILE}: its save was interrupted)"
+            )
     return complete
 
 
@@ -248,7 +255,9 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None
+) -> Path:
     """``accelerator.save_state`` into a hidden temporary folder, then renamed to ``checkpoint-<step>``
     once every process has written its part, so an interrupted save never leaves a ``checkpoint-<step>``
     behind. ``total_limit`` removes the oldest complete checkpoints first so that at most that many

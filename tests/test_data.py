@@ -350,4 +350,6 @@ def test_validation_view_is_the_training_view_without_randomness():
         view = transform.validation_view(photo)
         assert view.size == (RES, RES) and view.mode == "RGB"
         trained, _ = transform(photo, photo)
-        np.testing.assert_allclose(np.asarray(view, dtype=np.float32) / 127.5 - 1, trained.permute(1, 2, 0).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(view, dtype=np.float32) / 127.5 - 1, trained.permute(1, 2, 0).numpy(), atol=1e-6
+        )

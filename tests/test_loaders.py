@@ -415,9 +415,15 @@ def test_unreachable_hub_fails_fast_without_retries(tmp_path, monkeypatch):
     port = closed.getsockname()[1]
     closed.close()
     start = time.monotonic()
-    with pytest.raises(HubUnavailableError, match=r"'someone/adapter'.*cannot be reached.*hf download someone/adapter"):
+    with pytest.raises(
+        HubUnavailableError, match=r"'someone/adapter'.*cannot be reached.*hf download someone/adapter"
+    ):
         resolve_local_or_hub(
-            "someone/adapter", "adapter_config.json", cache_dir=tmp_path, endpoint=f"http://127.0.0.1:{port}", timeout=2
+            "someone/adapter",
+            "adapter_config.json",
+            cache_dir=tmp_path,
+            endpoint=f"http://127.0.0.1:{port}",
+            timeout=2,
         )
     assert time.monotonic() - start < 10
 

@@ -298,7 +298,9 @@ def state_from_file(path: str, config: LoCAConfig) -> dict:
     return out
 
 
-def dense_weights(base: nn.Module, adapters: list[tuple[dict, float]], differentiable=False) -> dict[str, torch.Tensor]:
+def dense_weights(
+    base: nn.Module, adapters: list[tuple[dict, float]], differentiable=False
+) -> dict[str, torch.Tensor]:
     """Parameter overrides ``{"<module>.weight": W + sum_i w_i dW_i}`` for ``functional_call`` on ``base``."""
     modules = dict(base.named_modules())
     overrides = {}
@@ -364,7 +366,9 @@ def test_dct_reference_is_orthonormal_dct2():
     from scipy.fft import dct
 
     for n in (2, 5, 16):
-        assert torch.allclose(dct_matrix(n), torch.from_numpy(dct(torch.eye(n).double().numpy(), norm="ortho", axis=0)))
+        assert torch.allclose(
+            dct_matrix(n), torch.from_numpy(dct(torch.eye(n).double().numpy(), norm="ortho", axis=0))
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -565,7 +569,9 @@ def test_save_load_after_freezing_locations(tmp_path):
 def _train_briefly(model, spec, steps, location_training_steps):
     """A few AdamW steps of the alternating schedule (locations freeze at ``location_training_steps``)."""
     model.train()
-    schedule = LoCASchedule(model, coefficient_steps=1, location_steps=1, location_training_steps=location_training_steps)
+    schedule = LoCASchedule(
+        model, coefficient_steps=1, location_steps=1, location_training_steps=location_training_steps
+    )
     optimizer = torch.optim.AdamW(schedule.parameter_groups(lr=1e-2, location_lr=0.2))
     for _ in range(steps):
         run(model, spec).pow(2).mean().backward()
@@ -867,8 +873,8 @@ def test_training_changes_only_adapter_params(spec):
 
     def snapshot():
         return (
-            {n: l.loca_coefficients["default"].detach().clone() for n, l in layers.items()},
-            {n: l.loca_locations["default"].detach().clone() for n, l in layers.items()},
+            {n: layer.loca_coefficients["default"].detach().clone() for n, layer in layers.items()},
+            {n: layer.loca_locations["default"].detach().clone() for n, layer in layers.items()},
         )
 
     target = None
@@ -894,15 +900,15 @@ def test_training_changes_only_adapter_params(spec):
         else:
             assert phases[-1] == "locations"
             assert loc_changed and coef_same, step
-            for l in layers.values():
-                p = l.loca_locations["default"]
+            for layer in layers.values():
+                p = layer.loca_locations["default"]
                 assert 0.0 <= p.min().item() and p.max().item() <= 1.0
     assert phases == ["coefficients", "locations", "coefficients", "locations"]
     # T_s reached: locations frozen
-    assert all(l.locations_frozen("default") for l in layers.values())
+    assert all(layer.locations_frozen("default") for layer in layers.values())
     # location steps moved integer locations somewhere (lr 0.2 on [0, 1]-scaled points)
-    init = [l.get_locations("default") for l in loca_layers(peft(spec)).values()]
-    assert any(not torch.equal(a, l.get_locations("default")) for a, l in zip(init, layers.values()))
+    init = [layer.get_locations("default") for layer in loca_layers(peft(spec)).values()]
+    assert any(not torch.equal(a, layer.get_locations("default")) for a, layer in zip(init, layers.values()))
     # the forward uses the trained state
     assert_close(run_eval(model, spec), reference_output(spec, [(adapter_state(model), 1.0)]))
 

@@ -128,7 +128,9 @@ class LoCALayer(BaseTunerLayer):
         self.loca_coefficients[adapter_name] = nn.Parameter(coefficients.to(device))
         self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
         # adapters created for inference (e.g. by PeftModel.from_pretrained) start frozen
-        self.loca_fixed_locations[adapter_name] = (indices if inference_mode else torch.full_like(indices, NOT_FROZEN)).to(device)
+        self.loca_fixed_locations[adapter_name] = (
+            indices if inference_mode else torch.full_like(indices, NOT_FROZEN)
+        ).to(device)
         self.loca_frozen[adapter_name] = bool(inference_mode)
         self.loca_n_frequency[adapter_name] = n_frequency
         self.loca_scaling[adapter_name] = float(scaling)
@@ -191,7 +193,9 @@ class LoCALayer(BaseTunerLayer):
             if points_key in state_dict and fixed_key not in state_dict:
                 state_dict[fixed_key] = torch.full_like(self.loca_fixed_locations[name], NOT_FROZEN)
             elif fixed_key in state_dict and points_key not in state_dict:
-                state_dict[points_key] = indices_to_locations(state_dict[fixed_key], self.out_features, self.in_features)
+                state_dict[points_key] = indices_to_locations(
+                    state_dict[fixed_key], self.out_features, self.in_features
+                )
         self._weight_cache = None
 
     def _sync_frozen_flags(self) -> None:

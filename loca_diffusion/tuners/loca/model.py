@@ -104,7 +104,9 @@ class LoCAModel(BaseTuner):
                 kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = False
         elif isinstance(base, Conv1D):
             if not kwargs["fan_in_fan_out"]:
-                warnings.warn("The target is a transformers Conv1D (weights stored (in, out)); setting fan_in_fan_out=True.")
+                warnings.warn(
+                    "The target is a transformers Conv1D (weights stored (in, out)); setting fan_in_fan_out=True."
+                )
                 kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = True
         else:
             raise ValueError(
@@ -171,10 +173,10 @@ class LoCAModel(BaseTuner):
             frozen = module.locations_frozen(adapter_name)
             fixed = locations.long() if frozen else torch.full_like(locations, NOT_FROZEN, dtype=torch.long)
             state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
-            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(locations.long(), d_out, d_in)
-        unknown = [
-            k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")
-        ]
+            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(
+                locations.long(), d_out, d_in
+            )
+        unknown = [k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")]
         if unknown:
             raise ValueError(
                 f"The LoCA adapter weights hold {len(unknown)} entries for layers this model does not adapt, "

@@ -62,7 +62,9 @@ def indices_to_locations(indices: torch.Tensor, d_out: int, d_in: int) -> torch.
     return indices.float() / sizes
 
 
-def delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float) -> torch.Tensor:
+def delta_weight(
+    coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float
+) -> torch.Tensor:
     """``scale * C_out^T S C_in`` in float32, shape ``(d_out, d_in)``; coincident locations add up.
 
     Built as ``(C_out^T S) C_in``: the left factor is a scatter of ``B`` scaled DCT rows (``B * d_out``
@@ -83,7 +85,9 @@ def delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, 
     return idct(left, dim=-1)
 
 
-def dense_delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float) -> torch.Tensor:
+def dense_delta_weight(
+    coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float
+) -> torch.Tensor:
     """Reference ``scale * C_out^T S C_in`` by explicit dense matrix products (tests, small layers).
 
     Differentiable in ``coefficients``.
@@ -221,7 +225,9 @@ def _strategy_costs(device_type: str, d_out: int, d_in: int, tokens: int, n_coef
         weight_grad = gemm + k["fft"] * square + k["mem"] * min(n_points * d_out, square)
         costs["weight"] += build + weight_grad
         costs["hybrid"] += build + spectra + sampled
-        costs["activation"] += k["fft"] * tokens * d_out + sampled + k["fft"] * tokens * d_in + k["mem"] * tokens * n_coef
+        costs["activation"] += (
+            k["fft"] * tokens * d_out + sampled + k["fft"] * tokens * d_in + k["mem"] * tokens * n_coef
+        )
     return costs
 
 
