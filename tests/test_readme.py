@@ -17,10 +17,11 @@ def test_readme_quickstart_is_the_example_file():
 def test_readme_setup_commands_exist_in_makefile_and_ci():
     readme = (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    for target in ("quickstart", "test"):
+    for target in ("quickstart", "test", "lint"):
         assert f"make {target}" in readme
         assert re.search(rf"^{target}:", makefile, flags=re.M)
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make lint" in ci and "make test" in ci
 
 
 def test_quickstart_runs(tmp_path):
