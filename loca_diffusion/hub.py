@@ -209,32 +209,35 @@ def _join(*parts: Optional[str]) -> str:
     return "/".join(p.strip("/") for p in parts if p)
 
 
-def _from_cache(repo_id, filename, subfolder, revision, cache_dir, repo_type, allow_patterns) -> Optional[str]:
+def _download(repo_id, filename, subfolder, revision, cache_dir, repo_type, allow_patterns, **options) -> str:
+    """``hf_hub_download`` of ``subfolder/filename``, or (``filename=None``) ``snapshot_download`` of the repo
+    and the path of ``subfolder`` in it (which may not exist). ``options``: cache-only or network settings."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    try:
-        if filename is not None:
-            return hf_hub_download(
-                repo_id,
-                filename,
-                subfolder=subfolder or None,
-                revision=revision,
-                cache_dir=cache_dir,
-                repo_type=repo_type,
-                local_files_only=True,
-            )
-        path = snapshot_download(
+    if filename is not None:
+        return hf_hub_download(
             repo_id,
+            filename,
+            subfolder=subfolder or None,
             revision=revision,
             cache_dir=cache_dir,
             repo_type=repo_type,
-            allow_patterns=allow_patterns,
-            local_files_only=True,
+            **options,
         )
-        path = os.path.join(path, subfolder) if subfolder else path
-        return path if os.path.isdir(path) else None
+    path = snapshot_download(
+        repo_id, revision=revision, cache_dir=cache_dir, repo_type=repo_type, allow_patterns=allow_patterns, **options
+    )
+    return os.path.join(path, subfolder) if subfolder else path
+
+
+def _from_cache(repo_id, filename, subfolder, revision, cache_dir, repo_type, allow_patterns) -> Optional[str]:
+    try:
+        path = _download(
+            repo_id, filename, subfolder, revision, cache_dir, repo_type, allow_patterns, local_files_only=True
+        )
     except Exception:  # not cached (LocalEntryNotFoundError and friends): go to the network
         return None
+    return path if filename is not None or os.path.isdir(path) else None
 
 
 def resolve_local_or_hub(
@@ -296,30 +299,19 @@ def resolve_local_or_hub(
         if raised is not None:
             raise raised from None
 
-    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     try:
-        if filename is not None:
-            return hf_hub_download(
-                name,
-                filename,
-                subfolder=subfolder or None,
-                revision=revision,
-                cache_dir=cache_dir,
-                repo_type=repo_type,
-                token=token,
-                endpoint=endpoint,
-                etag_timeout=timeout,
-            )
-        path = snapshot_download(
+        path = _download(
             name,
-            revision=revision,
-            cache_dir=cache_dir,
-            repo_type=repo_type,
+            filename,
+            subfolder,
+            revision,
+            cache_dir,
+            repo_type,
+            allow_patterns,
             token=token,
             endpoint=endpoint,
-            allow_patterns=allow_patterns,
             etag_timeout=timeout,
         )
     except EntryNotFoundError:
@@ -329,8 +321,7 @@ def resolve_local_or_hub(
         if raised is not None:
             raise raised from None
         raise
-    path = os.path.join(path, subfolder) if subfolder else path
-    if not os.path.isdir(path):
+    if filename is None and not os.path.isdir(path):
         raise HubFileNotFoundError(f"The Hub repo '{name}' has no folder '{subfolder}'.")
     return path
 

@@ -9,21 +9,16 @@ from peft import get_peft_model
 
 from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule
 
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = nn.Linear(12, 16)
-        self.lin1 = nn.Linear(16, 6)
-
-    def forward(self, x):
-        return self.lin1(torch.tanh(self.lin0(x)))
+from _models import MLP
 
 
 def make(seed=0, **config):
     torch.manual_seed(seed)
     config.setdefault("n_frequency", 10)
-    model = get_peft_model(MLP(), LoCAConfig(target_modules=["lin0", "lin1"], init_weights=False, **config))
+    model = get_peft_model(
+        MLP(d_in=12, hidden=16, d_out=6, activation=nn.Tanh()),
+        LoCAConfig(target_modules=["lin0", "lin1"], init_weights=False, **config),
+    )
     return model
 
 

@@ -23,13 +23,8 @@ from bench.toy_convergence import (
 CFG = ToyConfig()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The benchmark runs each seed on one torch thread; keep the (discrete, chaotic) trajectories identical."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The benchmark runs each seed on one torch thread; keep the (discrete, chaotic) trajectories identical.
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def test_ground_truth_uses_the_library_dct_convention():
