@@ -12,6 +12,7 @@ import torch.nn as nn
 from peft import (
     PeftModel,
     get_peft_model,
+    get_peft_model_state_dict,
 )
 from peft.utils import get_base_model_state_dict
 
@@ -53,6 +54,46 @@ def test_dct_reference_is_orthonormal_dct2():
 
 # ----------------------------------------------------------------------------------------------------
 # 1. attributes
+
+
+class _FSDPLike(nn.Module):
+    """Stands in for FSDP / activation-checkpoint wrappers: the wrapped module under ``_fsdp_wrapped_module``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self._fsdp_wrapped_module = module
+
+    def forward(self, *args, **kwargs):
+        return self._fsdp_wrapped_module(*args, **kwargs)
+
+
+def test_iter_loca_layers_sees_through_ddp_and_fsdp_wrappers():
+    from loca_diffusion import iter_loca_layers
+    from loca_diffusion.tuners.loca.layer import get_wrapped_submodule, set_wrapped_submodule
+
+    model = peft(SPECS["mlp"], init_weights=False)
+    plain = [(name, id(layer)) for name, layer in iter_loca_layers(model)]
+    # the names are the ones the saved adapter file uses
+    saved = {k.removesuffix(".loca_coefficients") for k in get_peft_model_state_dict(model) if "coefficients" in k}
+    assert {name for name, _ in plain} == saved == {"base_model.model.lin0", "base_model.model.lin1"}
+
+    inner = model.base_model.model
+    inner.lin0 = _FSDPLike(inner.lin0)  # a nested wrapper, as FSDP's auto-wrap policy makes them
+    wrapped = nn.DataParallel(_FSDPLike(model))  # CPU DataParallel just calls the module
+    assert [(name, id(layer)) for name, layer in iter_loca_layers(wrapped)] == plain
+    for name, layer in iter_loca_layers(wrapped):
+        assert get_wrapped_submodule(wrapped, name) is layer
+    # replacing a layer goes inside the wrapper around it
+    replacement = nn.Linear(10, 20)
+    set_wrapped_submodule(wrapped, "base_model.model.lin0", replacement)
+    assert isinstance(inner.lin0, _FSDPLike) and inner.lin0._fsdp_wrapped_module is replacement
+
+    # the schedule finds the same layers (and the config) through the wrappers
+    schedule = LoCASchedule(nn.DataParallel(model), total_steps=10)
+    assert [id(p) for p in schedule.coefficient_parameters()] == [
+        id(layer.loca_coefficients["default"]) for _, layer in iter_loca_layers(model)
+    ]
+    assert schedule.coefficient_steps == model.peft_config["default"].coefficient_steps
 
 
 def test_attributes(spec):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..tuners.loca import LoCAConfig
-from ..tuners.loca.layer import get_wrapped_submodule, iter_loca_layers
+from ..tuners.loca.layer import iter_loca_layers, set_wrapped_submodule
 from .adapter_files import LoCAAdapter, to_model_keys
 
 __all__ = [
@@ -139,12 +139,6 @@ def _fingerprint(weight: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat * ramp).sum(), (flat * flat).sum()]).cpu()
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = get_wrapped_submodule(model, parent_name)
-    setattr(parent, child, module)
-
-
 def _refreeze(model: nn.Module) -> None:
     """Adapters loaded for inference stay frozen (diffusers' ``set_adapters`` turns requires_grad on)."""
     configs = getattr(model, "peft_config", None) or {}
@@ -193,7 +187,7 @@ def _unwrap_modules_to_save(model: nn.Module, names: list[str]) -> None:
         else:  # pragma: no cover - older peft
             held = set(getattr(module, "modules_to_save", {}).keys())
         if held and held <= set(names):
-            _set_submodule(model, module_name, module.original_module)
+            set_wrapped_submodule(model, module_name, module.original_module)
         else:
             for name in names:
                 if name in held:
@@ -204,7 +198,7 @@ def _unwrap_modules_to_save(model: nn.Module, names: list[str]) -> None:
 def _remove_empty_loca_layers(model: nn.Module) -> None:
     for name, module in reversed(list(iter_loca_layers(model))):
         if not module.loca_coefficients:
-            _set_submodule(model, name, module.base_layer)
+            set_wrapped_submodule(model, name, module.base_layer)
 
 
 def _forget_configs_if_empty(model: nn.Module) -> None:
@@ -444,7 +438,7 @@ def unload_loca(model: nn.Module, keep_fused: bool = False) -> None:
         unfuse_loca(model)
     _unwrap_modules_to_save(model, names)
     for layer_name, module in reversed(list(iter_loca_layers(model))):
-        _set_submodule(model, layer_name, module.base_layer)
+        set_wrapped_submodule(model, layer_name, module.base_layer)
     configs = getattr(model, "peft_config", None)
     if configs is not None:
         for name in names:
