@@ -26,11 +26,12 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
+
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.timing import peak_transient_bytes, time_round_robin  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer  # noqa: E402
-from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
 
 SHAPES = [(320, 320), (640, 640), (1280, 1280), (320, 768), (1280, 768)]  # (d_out, d_in)
 TOKENS = [154, 2048, 8192]
@@ -133,7 +134,14 @@ def run_case(d_out, d_in, tokens, n_frequency, device, repeats, methods) -> list
     }
     for m, value in time_round_robin(inf, repeats, device).items():
         records.append(
-            {"mode": "inference", "shape": shape, "tokens": tokens, "n_frequency": n_frequency, "method": m, "ms": round(value, 4)}
+            {
+                "mode": "inference",
+                "shape": shape,
+                "tokens": tokens,
+                "n_frequency": n_frequency,
+                "method": m,
+                "ms": round(value, 4),
+            }
         )
     return records
 
@@ -152,7 +160,9 @@ def table(records: list[dict], info: dict, command: str) -> str:
     ]
     train = [r for r in records if r["mode"] == "train"]
     methods = list(dict.fromkeys(r["method"] for r in train))
-    lines.append("| shape | tokens | B | " + " | ".join(methods) + " | auto/LoRA16 | auto/FourierFT | mem auto/LoRA16 |")
+    lines.append(
+        "| shape | tokens | B | " + " | ".join(methods) + " | auto/LoRA16 | auto/FourierFT | mem auto/LoRA16 |"
+    )
     lines.append("|---|---:|---:|" + "---:|" * (len(methods) + 3))
     cases = list(dict.fromkeys((r["shape"], r["tokens"], r["n_frequency"]) for r in train))
     for case in cases:
@@ -185,9 +195,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shapes, tokens_list, frequencies = (
-        ([(640, 640)], [2048], [1000]) if args.quick else (SHAPES, TOKENS, FREQUENCIES)
-    )
+    shapes, tokens_list, frequencies = ([(640, 640)], [2048], [1000]) if args.quick else (SHAPES, TOKENS, FREQUENCIES)
     repeats = args.repeats or (5 if args.quick else 5)
     methods = ["base", "lora_r16", "lora_budget", "fourierft"] + LOCA_METHODS
     records = []
@@ -196,14 +204,18 @@ def main(argv=None) -> None:
             for n_frequency in frequencies:
                 start = time.perf_counter()
                 records += run_case(d_out, d_in, tokens, n_frequency, device, repeats, methods)
-                print(f"{d_out}x{d_in} tokens={tokens} B={n_frequency}: {time.perf_counter() - start:.1f}s", flush=True)
+                print(
+                    f"{d_out}x{d_in} tokens={tokens} B={n_frequency}: {time.perf_counter() - start:.1f}s", flush=True
+                )
     info = machine_info(device)
     suffix = "" if not args.quick else "_quick"
     tag = "cuda" if device.type == "cuda" else "cpu"
     json_path = args.json or RESULTS / f"layer_speed_{tag}{suffix}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"machine": info, "records": records}, indent=1))
-    command = "python bench/layer_speed.py" + (" --quick" if args.quick else "") + ("" if tag == "cpu" else " --device cuda")
+    command = (
+        "python bench/layer_speed.py" + (" --quick" if args.quick else "") + ("" if tag == "cpu" else " --device cuda")
+    )
     md = table(records, info, command)
     json_path.with_suffix(".md").write_text(md)
     print(md)

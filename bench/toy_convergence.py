@@ -208,9 +208,7 @@ def matched_within(learned: list[list[int]], true: list[list[int]], radius: int)
     """Most true locations that distinct learned locations can be matched to within L1 distance ``radius``."""
     best = 0
     for perm in itertools.permutations(range(len(learned)), len(true)):
-        hits = sum(
-            abs(learned[j][0] - t[0]) + abs(learned[j][1] - t[1]) <= radius for j, t in zip(perm, true)
-        )
+        hits = sum(abs(learned[j][0] - t[0]) + abs(learned[j][1] - t[1]) <= radius for j, t in zip(perm, true))
         best = max(best, hits)
     return best
 
@@ -407,7 +405,7 @@ def to_markdown(records, summary, cfg: ToyConfig, info: dict, command: str, runt
         "",
         f"Chance level: the random initial locations already contain "
         f"{summary.get('initial_recovered_mean', float('nan')):.2f} true locations on average "
-        f"(expected {cfg.n_frequency ** 2 / cfg.dim ** 2:.2f}).",
+        f"(expected {cfg.n_frequency**2 / cfg.dim**2:.2f}).",
         "",
         f"Location gradients: `{cfg.location_grad}` finite difference. At T_s, "
         f"{summary.get('learned_near_rounding_boundary_fraction', float('nan')):.0%} of the learned location "
@@ -440,7 +438,8 @@ def to_markdown(records, summary, cfg: ToyConfig, info: dict, command: str, runt
             "",
             "Reading: the paper's Appendix M shows one run whose locations converge to the true ones. Over these "
             f"{summary['n_seeds']} seeds the learned locations end on the exact true set in "
-            f"{summary['learned']['exact_fraction']:.0%} of the seeds and on {summary['learned']['mean_recovered']:.2f} "
+            f"{summary['learned']['exact_fraction']:.0%} of the seeds and on "
+            f"{summary['learned']['mean_recovered']:.2f} "
             f"of the {cfg.n_frequency} true locations on average, against "
             f"{summary.get('initial_recovered_mean', float('nan')):.2f} already in the random starts. In "
             f"{summary['learned_unmoved_fraction']:.0%} of the seeds the learned set at the end is the starting set. "
@@ -565,7 +564,9 @@ def main(argv=None) -> int:
     json_path = args.json
     json_path.parent.mkdir(parents=True, exist_ok=True)
     png_path = json_path.with_suffix(".png")
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv)
+    )
 
     t0 = time.perf_counter()
     records = run_benchmark(range(n_seeds), cfg, workers)

@@ -49,13 +49,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusers import UNet2DConditionModel  # noqa: E402
+from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
+
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.timing import peak_transient_bytes, sync, time_round_robin  # noqa: E402
-from diffusers import UNet2DConditionModel  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule  # noqa: E402
-from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
-from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -303,11 +304,20 @@ def run_training(unet, inputs, frequencies, device, repeats, warmup, start, verb
         if case.phase() != phase:
             raise RuntimeError(f"{case.name} changed phase during the benchmark ({phase} -> {case.phase()})")
         adapter = trainable(case.model)
-        persistent = tensor_bytes(model_tensors(case.model) + optimizer_state_tensors(case.optimizer) + inputs.tensors())
+        persistent = tensor_bytes(
+            model_tensors(case.model) + optimizer_state_tensors(case.optimizer) + inputs.tensors()
+        )
         records.append(
             record(
-                "train", case.method, case.n_frequency, case.rank, ms[case.name], persistent, transient,
-                trainable_params=n_params(adapter), phase=phase,
+                "train",
+                case.method,
+                case.n_frequency,
+                case.rank,
+                ms[case.name],
+                persistent,
+                transient,
+                trainable_params=n_params(adapter),
+                phase=phase,
             )
         )
     log("training peak memory measured", start)
@@ -404,7 +414,13 @@ TARGETS = [  # (summary key, limit, description)
 def targets(rows: list[dict], n_frequency: int) -> list[dict]:
     row = next(r for r in rows if r["n_frequency"] == n_frequency)
     return [
-        {"target": text, "n_frequency": n_frequency, "value": round(row[key], 4), "limit": limit, "met": row[key] <= limit}
+        {
+            "target": text,
+            "n_frequency": n_frequency,
+            "value": round(row[key], 4),
+            "limit": limit,
+            "met": row[key] <= limit,
+        }
         for key, limit, text in TARGETS
     ]
 
@@ -431,7 +447,8 @@ def markdown(result: dict) -> str:
         f"UNet built from its config with random weights ({meta['unet_parameters'] / 1e6:.1f}M parameters, "
         f"block_out_channels {tuple(meta['unet_config']['block_out_channels'])}, in_channels "
         f"{meta['unet_config']['in_channels']}, cross_attention_dim {meta['unet_config']['cross_attention_dim']}), "
-        f"{meta['resolution_px']} px ({meta['unet_config']['sample_size']}x{meta['unet_config']['sample_size']} latents), "
+        f"{meta['resolution_px']} px "
+        f"({meta['unet_config']['sample_size']}x{meta['unet_config']['sample_size']} latents), "
         f"batch 1, text context 1x{CONTEXT_TOKENS}x{meta['unet_config']['cross_attention_dim']}. Adapters on "
         f"`{'/'.join(TARGET_MODULES)}` ({meta['target_layers']} layers). Train step = forward at a random timestep, "
         "MSE, backward, AdamW over the adapter only, `zero_grad(set_to_none=True)`; LoCA in the coefficient phase of "
@@ -456,7 +473,10 @@ def markdown(result: dict) -> str:
         )
     lines += ["", f"Targets at B = {result['targets'][0]['n_frequency']} (same run):", ""]
     if meta["quick"]:
-        lines += ["(Quick mode: a smoke test of the reduced UNet; the targets are meant for the full UNet at B = 1000.)", ""]
+        lines += [
+            "(Quick mode: a smoke test of the reduced UNet; the targets are meant for the full UNet at B = 1000.)",
+            "",
+        ]
     for t in result["targets"]:
         lines.append(f"- {t['target']}: {t['value']:.3f} (limit {t['limit']}) -> {'met' if t['met'] else 'NOT met'}")
     lines += [
@@ -469,7 +489,8 @@ def markdown(result: dict) -> str:
     for r in records:
         if r["mode"] == "train":
             lines.append(
-                f"| {r['method']} | {label(r)} | {r['phase'] or '-'} | {r['trainable_params']:,} | {r['step_ms']:.1f} | "
+                f"| {r['method']} | {label(r)} | {r['phase'] or '-'} | {r['trainable_params']:,} | "
+                f"{r['step_ms']:.1f} | "
                 f"{mib(r['peak_bytes'])} | {mib(r['transient_bytes'])} |"
             )
     base = find(records, "inference", "base")
@@ -483,7 +504,8 @@ def markdown(result: dict) -> str:
     for r in records:
         if r["mode"] == "inference":
             lines.append(
-                f"| {r['method']} | {label(r)} | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.3f} | {mib(r['peak_bytes'])} |"
+                f"| {r['method']} | {label(r)} | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.3f} | "
+                f"{mib(r['peak_bytes'])} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -523,7 +545,9 @@ def main(argv=None) -> dict:
             "repeats": repeats,
             "warmup": args.warmup,
             "timing": "round-robin, all models in memory at once (frozen base tensors shared)",
-            "peak_memory_method": "torch.cuda.max_memory_allocated" if tag == "cuda" else "torch.profiler raw allocation events",
+            "peak_memory_method": "torch.cuda.max_memory_allocated"
+            if tag == "cuda"
+            else "torch.profiler raw allocation events",
         },
         "wall_s": round(wall, 1),
         "max_rss_bytes": max_rss_bytes(),

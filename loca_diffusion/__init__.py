@@ -6,7 +6,7 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 
 from .schedule import LoCASchedule
 from .tuners.loca import Linear as LoCALinear
-from .tuners.loca import LoCAConfig, LoCALayer, LoCAModel
+from .tuners.loca import LoCAConfig, LoCALayer, LoCAModel, iter_loca_layers
 from .tuners.loca.ops import delta_weight, dense_delta_weight
 
 __version__ = "0.1.0"
@@ -40,5 +40,6 @@ __all__ = [
     "LoCASchedule",
     "delta_weight",
     "dense_delta_weight",
+    "iter_loca_layers",
     *_LAZY,
 ]

@@ -17,10 +17,11 @@ columns hold file names as strings (``{"file_name": "a.png", "edited_image": "b.
 accepted too: a requested image column holding strings is read as paths relative to ``DIR``.
 
 Columns are checked up front (a missing one lists the available columns and names the option to
-change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up front by default (``verify_images``), and the
-error names every file that cannot be decoded. A Hub name fails fast when the Hub cannot be reached
-(:class:`HubUnavailableError`, one short probe instead of ``datasets``' ~25 s of retries), with a
-message that says how to pass a local folder (``--train_data_dir``) instead.
+change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up
+front by default (``verify_images``), and the error names every file that cannot be decoded. A Hub
+name fails fast when the Hub cannot be reached (:class:`HubUnavailableError`, one short probe through
+:mod:`loca_diffusion.hub` instead of ``datasets``' ~25 s of retries), with a message that says how to
+pass a local folder (``--train_data_dir``) instead.
 
 Training preprocessing mirrors diffusers' ``examples/instruct_pix2pix/train_instruct_pix2pix.py``:
 :class:`EditPairTransform` resizes both images of a pair to the same square size and applies the
@@ -45,10 +46,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .hub import HubUnavailableError, hub_offline, looks_like_repo_id, probe_repo
+from .hub import (
+    HUB_TIMEOUT,
+    HubUnavailableError,
+    classify_hub_error,
+    hub_offline,
+    looks_like_repo_id,
+    probe_repo,
+    unavailable_error,
+)
 from .images import load_rgb
 from .prompts import CARTOONIZATION_PARAPHRASES
-
 
 __all__ = [
     "DEFAULT_DATASET_NAME",
@@ -72,7 +80,6 @@ DEFAULT_ORIGINAL_IMAGE_COLUMN = "original_image"
 DEFAULT_EDIT_PROMPT_COLUMN = "edit_prompt"
 DEFAULT_EDITED_IMAGE_COLUMN = "cartoonized_image"
 METADATA_FILENAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
-HUB_PROBE_TIMEOUT = 5.0
 
 _LOCAL_HINT = (
     "To train without the Hub, build a local pair dataset from a folder of photos with "
@@ -114,8 +121,6 @@ def _offline_mode(datasets):
 
 def _load_hub(name: str, config_name, split, cache_dir, token, timeout):
     datasets = _datasets()
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
     if not looks_like_repo_id(name):
         raise FileNotFoundError(
             f"dataset {name!r} is neither an existing local folder nor a valid Hugging Face Hub dataset id "
@@ -124,24 +129,12 @@ def _load_hub(name: str, config_name, split, cache_dir, token, timeout):
     offline = hub_offline() or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
     if not offline:
         error = probe_repo(name, repo_type="dataset", token=token, timeout=timeout)
-        if isinstance(error, GatedRepoError):
-            raise PermissionError(
-                f"dataset '{name}' is gated on the Hugging Face Hub: accept its terms there and log in "
-                f"(`hf auth login`), or pass a local folder instead. {_LOCAL_HINT}"
-            ) from None
-        if isinstance(error, RepositoryNotFoundError):
-            raise FileNotFoundError(
-                f"dataset '{name}' is neither a local folder nor a dataset on the Hugging Face Hub (or it is "
-                f"private: log in). Check --dataset_name. {_LOCAL_HINT}"
-            ) from None
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if error is not None and not (isinstance(error, HfHubHTTPError) and status is not None and status < 500):
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise HubUnavailableError(
-                f"cannot load dataset '{name}': the Hugging Face Hub cannot be reached "
-                f"({type(error).__name__}: {reason}). If the dataset is already in the local datasets cache, "
-                f"set HF_HUB_OFFLINE=1 to use it. {_LOCAL_HINT}"
-            ) from None
+        remedy = (
+            f"If the dataset is already in the local datasets cache, set HF_HUB_OFFLINE=1 to use it. {_LOCAL_HINT}"
+        )
+        raised = None if error is None else classify_hub_error(error, name, remedy, kind="dataset")
+        if raised is not None:
+            raise raised from None
     try:
         if offline:
             with _offline_mode(datasets):
@@ -151,9 +144,12 @@ def _load_hub(name: str, config_name, split, cache_dir, token, timeout):
     except (ConnectionError, FileNotFoundError) as err:
         if not offline:
             raise
-        raise HubUnavailableError(
-            f"cannot load dataset '{name}': offline mode (HF_HUB_OFFLINE=1) is on and it is not in the local "
-            f"datasets cache{f' {cache_dir!r}' if cache_dir else ''} ({type(err).__name__}). {_LOCAL_HINT}"
+        cache = f" {cache_dir!r}" if cache_dir else ""
+        raise unavailable_error(
+            f"cannot load dataset '{name}'",
+            f"offline mode (HF_HUB_OFFLINE=1) is on and it is not in the local datasets cache{cache}: "
+            f"{type(err).__name__}",
+            _LOCAL_HINT,
         ) from None
     return _pick_split(loaded, split, f"dataset '{name}'")
 
@@ -180,8 +176,8 @@ def _load_local(folder: str | os.PathLike, split: str, cache_dir):
     if not any(next(root.rglob(m), None) is not None for m in METADATA_FILENAMES):
         raise FileNotFoundError(
             f"no metadata file ({', '.join(METADATA_FILENAMES)}) in {str(root)!r}: an edit-pair folder needs "
-            f"metadata.jsonl rows like {{\"original_image_file_name\": \"original/0.png\", \"edit_prompt\": \"...\", "
-            f"\"cartoonized_image_file_name\": \"cartoonized/0.png\"}} (see loca_diffusion.data)."
+            f'metadata.jsonl rows like {{"original_image_file_name": "original/0.png", "edit_prompt": "...", '
+            f'"cartoonized_image_file_name": "cartoonized/0.png"}} (see loca_diffusion.data).'
         )
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=cache_dir)
@@ -313,7 +309,9 @@ def verify_images(ds, image_columns: Sequence[str], max_reported: int = 20) -> N
             except Exception as err:  # noqa: BLE001
                 count += 1
                 if len(failures) < max_reported:
-                    failures.append(f"{_describe(example[column])} (column {column!r}, row {row}): {type(err).__name__}: {err}")
+                    failures.append(
+                        f"{_describe(example[column])} (column {column!r}, row {row}): {type(err).__name__}: {err}"
+                    )
     if failures:
         more = f" (and {count - len(failures)} more)" if count > len(failures) else ""
         raise CorruptImageError(f"{count} image(s) cannot be decoded{more}:\n  " + "\n  ".join(failures))
@@ -345,7 +343,7 @@ def load_edit_dataset(
     seed: int | None = None,
     verify: bool | None = None,
     token: str | bool | None = None,
-    hub_timeout: float = HUB_PROBE_TIMEOUT,
+    hub_timeout: float = HUB_TIMEOUT,
 ):
     """Load an edit-pair dataset and check it; returns a ``datasets.Dataset`` (the ``split``) whose
     three columns are images, strings and images (decoded to PIL on access).

@@ -97,7 +97,10 @@ def _fft_tables(n: int, device: torch.device, dtype: torch.dtype) -> dict[str, t
         "i_r": sin[kh] / scale[n - kh],
         "i_u": -cos[kh] / scale[n - kh],
     }
-    return {key: (value if key in ("perm", "inv_perm") else value.to(device=device, dtype=dtype)) for key, value in tables.items()}
+    return {
+        key: (value if key in ("perm", "inv_perm") else value.to(device=device, dtype=dtype))
+        for key, value in tables.items()
+    }
 
 
 def _along(table: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
@@ -105,15 +108,21 @@ def _along(table: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
     return table.view((-1,) + (1,) * (ndim - 1 - dim))
 
 
-def dct(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Orthonormal DCT-II along ``dim`` (for ``dim=-1``: ``x @ C.T``), through one real FFT."""
+def _prepare(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, int, int, dict[str, torch.Tensor] | None]:
+    """``x`` in its working dtype, ``dim`` made non-negative, the length ``n`` along it and the FFT tables of
+    that length (``None`` for ``n == 1``, where both transforms are the identity)."""
     dtype = working_dtype(x.dtype)
     x = x.to(dtype)
     dim = dim % x.ndim
     n = x.shape[dim]
-    if n == 1:
+    return x, dim, n, (None if n == 1 else _fft_tables(n, _cache_key_device(x.device), dtype))
+
+
+def dct(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Orthonormal DCT-II along ``dim`` (for ``dim=-1``: ``x @ C.T``), through one real FFT."""
+    x, dim, n, t = _prepare(x, dim)
+    if t is None:
         return x.clone()
-    t = _fft_tables(n, _cache_key_device(x.device), dtype)
     h = n // 2 + 1
     spec = torch.fft.rfft(x.index_select(dim, t["perm"]), dim=dim)
     out = torch.empty_like(x)
@@ -130,13 +139,9 @@ def dct(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def idct(y: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Inverse of :func:`dct` along ``dim`` (orthonormal DCT-III; for ``dim=-1``: ``y @ C``)."""
-    dtype = working_dtype(y.dtype)
-    y = y.to(dtype)
-    dim = dim % y.ndim
-    n = y.shape[dim]
-    if n == 1:
+    y, dim, n, t = _prepare(y, dim)
+    if t is None:
         return y.clone()
-    t = _fft_tables(n, _cache_key_device(y.device), dtype)
     h = n // 2 + 1
     low = y.narrow(dim, 0, h)
     mirrored = y.narrow(dim, n - h + 1, h - 1).flip(dim)  # y[n - k] for k = 1 .. h - 1
@@ -223,7 +228,9 @@ def idct_sparse_columns(values: torch.Tensor, columns: torch.Tensor, n: int) -> 
     direct_weight = torch.complex(t["i_p"][direct_bin], t["i_q"][direct_bin]) * (columns < h)
     spectrum.index_add_(-1, direct_bin, values * direct_weight)
     mirror_bin = (n - columns).clamp(min=1, max=h - 1)
-    mirror_weight = torch.complex(t["i_r"][mirror_bin - 1], t["i_u"][mirror_bin - 1]) * ((columns > 0) & (n - columns < h))
+    mirror_weight = torch.complex(t["i_r"][mirror_bin - 1], t["i_u"][mirror_bin - 1]) * (
+        (columns > 0) & (n - columns < h)
+    )
     spectrum.index_add_(-1, mirror_bin, values * mirror_weight)
     v = torch.fft.irfft(spectrum, n=n, dim=-1)
     return v.index_select(-1, t["inv_perm"])

@@ -33,8 +33,9 @@ __all__ = [
     "StableDiffusionLoCAPipeline",
     "StableDiffusionImg2ImgLoCAPipeline",
     "StableDiffusionInpaintLoCAPipeline",
-    "StableDiffusionXLLoCAPipeline",
-    "StableDiffusionXLInstructPix2PixLoCAPipeline",
+    # the SDXL classes come from the module's __getattr__ (built on first use)
+    "StableDiffusionXLLoCAPipeline",  # noqa: F822
+    "StableDiffusionXLInstructPix2PixLoCAPipeline",  # noqa: F822
     "loca_pipeline_class",
 ]
 

@@ -25,8 +25,8 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from .tuners.loca.config import SCHEDULE_VARIANTS
-from .tuners.loca.layer import LoCALayer
+from .tuners.loca.config import SCHEDULE_VARIANTS, LoCAConfig
+from .tuners.loca.layer import LoCALayer, iter_loca_layers, unwrap_parallel
 
 COEFFICIENTS, LOCATIONS, JOINT = "coefficients", "locations", "joint"
 
@@ -53,22 +53,28 @@ class LoCASchedule:
     ) -> None:
         self.model = model
         config = _find_config(model, adapter_name)
-        pick = lambda value, field, default: value if value is not None else getattr(config, field, default)  # noqa: E731
-        self.coefficient_steps = int(pick(coefficient_steps, "coefficient_steps", 10))
-        self.location_steps = int(pick(location_steps, "location_steps", 20))
-        self.variant = pick(variant, "schedule_variant", "alternating")
+        defaults = config if config is not None else LoCAConfig()
+
+        def pick(value, field):
+            return value if value is not None else getattr(defaults, field)
+
+        self.coefficient_steps = int(pick(coefficient_steps, "coefficient_steps"))
+        self.location_steps = int(pick(location_steps, "location_steps"))
+        self.variant = pick(variant, "schedule_variant")
         if self.variant not in SCHEDULE_VARIANTS:
             raise ValueError(f"variant must be one of {SCHEDULE_VARIANTS}, got {self.variant!r}")
         if self.coefficient_steps < 1 or self.location_steps < 1:
             raise ValueError("coefficient_steps and location_steps must be >= 1")
-        t_s = pick(location_training_steps, "location_training_steps", None)
+        t_s = pick(location_training_steps, "location_training_steps")
         if t_s is None:
             if self.variant in ("alternating", "joint"):
                 if total_steps is None:
                     raise ValueError("Pass location_training_steps (T_s) or total_steps (T_s = 10% of it)")
                 t_s = max(1, round(0.1 * total_steps))
-        self.location_training_steps = None if self.variant == "alternate_throughout" else (0 if self.variant == "fixed" else int(t_s))
-        self.location_lr = float(getattr(config, "location_lr", 1e-4))
+        self.location_training_steps = (
+            None if self.variant == "alternate_throughout" else (0 if self.variant == "fixed" else int(t_s))
+        )
+        self.location_lr = float(defaults.location_lr)
         self.step_count = 0
         self._apply()
 
@@ -92,7 +98,7 @@ class LoCASchedule:
         return self.locations_frozen_at(self.step_count)
 
     def _layers(self) -> Iterable[LoCALayer]:
-        return (m for m in _unwrap(self.model).modules() if isinstance(m, LoCALayer))
+        return (layer for _, layer in iter_loca_layers(self.model))
 
     def _apply(self) -> None:
         learn = self.phase() in (LOCATIONS, JOINT)
@@ -124,7 +130,9 @@ class LoCASchedule:
         locations = [p for p in self.location_parameters() if p.requires_grad]
         taken = {id(p) for p in coefficients + locations}
         others = [p for p in other_parameters if p.requires_grad and id(p) not in taken]
-        groups = [{"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}]
+        groups = [
+            {"params": coefficients + others, "lr": lr, "weight_decay": weight_decay, "name": "loca_coefficients"}
+        ]
         if locations:
             groups.append(
                 {
@@ -174,12 +182,8 @@ class LoCASchedule:
         self._apply()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
 def _find_config(model: nn.Module, adapter_name: Optional[str]):
-    configs = getattr(_unwrap(model), "peft_config", None)
+    configs = getattr(unwrap_parallel(model), "peft_config", None)
     if not configs:
         return None
     if adapter_name is not None:

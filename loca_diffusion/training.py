@@ -1,24 +1,22 @@
 """Reusable pieces of the adapter training scripts (``train/``): adapter configs with matched budgets,
-accelerate checkpoint hooks, conditioning dropout, location pictures and the model card."""
+accelerate checkpoint hooks, conditioning dropout, location movement and the model card (pictures:
+:mod:`loca_diffusion.pictures`; Hub upload: :func:`loca_diffusion.hub.push_to_hub`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
 
 from .tuners.loca.config import LoCAConfig
-from .tuners.loca.layer import LoCALayer
+from .tuners.loca.layer import iter_loca_layers
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +73,10 @@ def build_adapter_config(
     if rank < 1:
         raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
     return LoraConfig(
-        r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank, target_modules=target_modules, init_lora_weights="gaussian"
+        r=rank,
+        lora_alpha=lora_alpha if lora_alpha is not None else rank,
+        target_modules=target_modules,
+        init_lora_weights="gaussian",
     )
 
 
@@ -107,23 +108,22 @@ def conditioning_dropout(
     batch = encoder_hidden_states.shape[0]
     u = torch.rand(batch, device="cpu", generator=generator).to(encoder_hidden_states.device)
     drop_text = (u < 2 * probability).view(batch, 1, 1)
-    encoder_hidden_states = torch.where(drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states)
+    encoder_hidden_states = torch.where(
+        drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states
+    )
     keep_image = 1 - ((u >= probability) & (u < 3 * probability)).to(original_image_latents.dtype)
     return encoder_hidden_states, original_image_latents * keep_image.view(batch, 1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
-# locations: pictures and movement
-
-
-def loca_layers(model: nn.Module) -> list[tuple[str, LoCALayer]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoCALayer)]
+# location movement
 
 
 def location_snapshot(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """Each LoCA layer's integer locations now (CPU copies), by layer name."""
     return {
         name: layer.get_locations(adapter_name).detach().cpu().clone()
-        for name, layer in loca_layers(model)
+        for name, layer in iter_loca_layers(model)
         if adapter_name in layer.loca_coefficients
     }
 
@@ -131,49 +131,6 @@ def location_snapshot(model: nn.Module, adapter_name: str = "default") -> dict[s
 def count_moved_locations(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
     """How many coefficients sit at another (row, col) than in ``before``."""
     return int(sum((before[k] != after[k]).any(dim=0).sum() for k in before if k in after))
-
-
-def _colormap(values: np.ndarray) -> np.ndarray:
-    """A perceptually ordered dark-blue -> yellow map (viridis-like anchors), values in [0, 1]."""
-    anchors = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
-    pos = np.clip(values, 0, 1) * (len(anchors) - 1)
-    low = np.floor(pos).astype(int).clip(0, len(anchors) - 2)
-    frac = (pos - low)[..., None]
-    return (anchors[low] * (1 - frac) + anchors[low + 1] * frac).astype(np.uint8)
-
-
-def location_heatmap(
-    model: nn.Module, adapter_name: str = "default", bins: int = 48, tile: int = 96, columns: int = 8
-) -> Image.Image:
-    """One tile per LoCA layer: where its coefficients sit on the (d_out x d_in) DCT spectrum (low
-    frequencies top-left), binned to ``bins x bins`` and weighted by coefficient magnitude."""
-    layers = [(n, l) for n, l in loca_layers(model) if adapter_name in l.loca_coefficients]
-    if not layers:
-        raise ValueError(f"The model has no LoCA layer with adapter '{adapter_name}'")
-    rows = math.ceil(len(layers) / columns)
-    canvas = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + 4) + 4), (255, 255, 255))
-    for i, (_, layer) in enumerate(layers):
-        loc = layer.get_locations(adapter_name).cpu().numpy()
-        weight = layer.loca_coefficients[adapter_name].detach().abs().float().cpu().numpy() + 1e-12
-        hist, _, _ = np.histogram2d(
-            loc[0] / max(layer.out_features, 1), loc[1] / max(layer.in_features, 1), bins=bins, range=[[0, 1], [0, 1]], weights=weight
-        )
-        hist = np.log1p(hist / max(hist.max(), 1e-12) * 99) / np.log(100)
-        image = Image.fromarray(_colormap(hist)).resize((tile, tile), Image.NEAREST)
-        canvas.paste(image, (4 + (i % columns) * (tile + 4), 4 + (i // columns) * (tile + 4)))
-    return canvas
-
-
-def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
-    """Images (same size) laid out row by row."""
-    if not images:
-        raise ValueError("image_grid needs at least one image")
-    w, h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
-    for i, image in enumerate(images):
-        grid.paste(image.convert("RGB").resize((w, h)), ((i % columns) * w, (i // columns) * h))
-    return grid
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -286,7 +243,9 @@ def complete_checkpoints(output_dir: str | Path, warn: bool = False) -> list[Pat
         if checkpoint_info(path) is not None:
             complete.append(path)
         elif warn:
-            logger.warning(f"skipping incomplete checkpoint {path} (no {CHECKPOINT_INFO_FILE}: its save was interrupted)")
+            logger.warning(
+                f"skipping incomplete checkpoint {path} (no {CHECKPOINT_INFO_FILE}: its save was interrupted)"
+            )
     return complete
 
 
@@ -296,7 +255,9 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None
+) -> Path:
     """``accelerator.save_state`` into a hidden temporary folder, then renamed to ``checkpoint-<step>``
     once every process has written its part, so an interrupted save never leaves a ``checkpoint-<step>``
     behind. ``total_limit`` removes the oldest complete checkpoints first so that at most that many
@@ -423,29 +384,3 @@ def check_replicas_in_sync(accelerator, model: nn.Module) -> int:
 
 def _is_adapter_key(key: str) -> bool:
     return any(tag in key for tag in (".loca_", ".lora_", ".fourierft_"))
-
-
-def push_to_hub(output_dir: str | Path, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
-    """Upload a trained adapter directory (adapter, model card, pictures; not checkpoints or logs) to the
-    Hub; returns the repo URL. Without network it fails at once with what to do instead."""
-    from huggingface_hub import HfApi
-
-    from .hub import HubUnavailableError, hub_offline, probe_repo
-
-    if hub_offline():
-        raise HubUnavailableError(
-            f"cannot push {output_dir} to '{repo_id}': offline mode (HF_HUB_OFFLINE=1) is on; upload the "
-            f"directory later with `hf upload {repo_id} {output_dir}`"
-        )
-    error = probe_repo("gpt2", timeout=10.0)  # any public repo: is the Hub reachable at all?
-    if error is not None and getattr(getattr(error, "response", None), "status_code", None) is None:
-        raise HubUnavailableError(
-            f"cannot push {output_dir} to '{repo_id}': the Hugging Face Hub cannot be reached "
-            f"({type(error).__name__}); upload the directory later with `hf upload {repo_id} {output_dir}`"
-        ) from None
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*", "*.pkl", "*.bin"]
-    )
-    return str(url)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _models import ALL, SPECS
+
 
 @pytest.fixture(scope="module")
 def torch_single_thread():
@@ -58,3 +60,33 @@ def pairs_with_bad_prompts(tmp_path):
         return target, rows
 
     return copy
+
+
+@pytest.fixture(params=ALL)
+def spec(request):
+    """Each tiny model of tests/_models.py (MLP, BERT, RoBERTa, GPT-2, Llama, ViT, UNet) with its inputs."""
+    return SPECS[request.param]
+
+
+@pytest.fixture
+def run_quickstart(tmp_path):
+    """``run(*python_args)`` runs examples/quickstart.py (after ``python_args``, e.g. ``-c CODE``) in a fresh
+    interpreter in ``tmp_path`` and checks that it finished with the README's last line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    quickstart = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+
+    def run(*python_args: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-W", "ignore", *python_args, str(quickstart)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "reloaded adapter reproduces the outputs: True; merged model too: True" in result.stdout
+
+    return run

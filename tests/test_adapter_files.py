@@ -247,9 +247,13 @@ def test_training_script_outputs_load_by_every_route(tiny_pix2pix_dir, tmp_path,
         # a LoRA checkpoint (no LoCA live state) restores its adapter: resuming from step 1 ends where the
         # uninterrupted run ended
         resumed = tmp_path / "resumed"
-        ok(run(common_args(tiny_pix2pix_dir, pairs, resumed, 2) + [
-            "--adapter", adapter, "--resume_from_checkpoint", str(out / "checkpoint-1")
-        ], launcher=False))
+        ok(
+            run(
+                common_args(tiny_pix2pix_dir, pairs, resumed, 2)
+                + ["--adapter", adapter, "--resume_from_checkpoint", str(out / "checkpoint-1")],
+                launcher=False,
+            )
+        )
         again = adapter_tensors_in_file(resumed)
         assert again.keys() == written.keys()
         for key, value in written.items():

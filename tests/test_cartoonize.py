@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import time
 
+import cv2  # noqa: F401  (a required dependency: fail loudly if missing)
 import numpy as np
 import pytest
 from PIL import Image
-
-import cv2  # noqa: F401  (a required dependency: fail loudly if missing)
 
 from loca_diffusion.cartoonize import (  # noqa: E402
     build_cartoon_dataset,
@@ -128,8 +127,22 @@ def test_cli_from_package_photos(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Make it a cartoon.\n\nCartoonify it.\n")
     out = tmp_path / "pkg"
-    assert main(["--from_package_photos", "--output_dir", str(out), "--resolution", "48", "--limit", "2",
-                 "--prompts_file", str(prompts)]) == 0
+    assert (
+        main(
+            [
+                "--from_package_photos",
+                "--output_dir",
+                str(out),
+                "--resolution",
+                "48",
+                "--limit",
+                "2",
+                "--prompts_file",
+                str(prompts),
+            ]
+        )
+        == 0
+    )
     assert "wrote 2 pairs" in capsys.readouterr().out
     rows = [json.loads(line) for line in open(out / "metadata.jsonl")]
     assert len(rows) == 2 and {r["edit_prompt"] for r in rows} <= {"Make it a cartoon.", "Cartoonify it."}
@@ -150,7 +163,10 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     empty_prompts.write_text("\n  \n")
     cases = {
         "existing output": (["--input_dir", str(photos), "--output_dir", str(out)], "already exists"),
-        "missing input folder": (["--input_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o2")], "nope"),
+        "missing input folder": (
+            ["--input_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o2")],
+            "nope",
+        ),
         "empty prompts file": (
             ["--input_dir", str(photos), "--output_dir", str(tmp_path / "o3"), "--prompts_file", str(empty_prompts)],
             "prompts.txt",

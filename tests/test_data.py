@@ -7,13 +7,12 @@ import json
 import shutil
 import time
 
+import cv2  # noqa: F401  (required dependencies: fail loudly if missing)
+import datasets  # noqa: F401
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import cv2  # noqa: F401  (required dependencies: fail loudly if missing)
-import datasets  # noqa: F401
 
 from loca_diffusion.cartoonize import build_cartoon_dataset  # noqa: E402
 from loca_diffusion.data import (  # noqa: E402
@@ -351,4 +350,6 @@ def test_validation_view_is_the_training_view_without_randomness():
         view = transform.validation_view(photo)
         assert view.size == (RES, RES) and view.mode == "RGB"
         trained, _ = transform(photo, photo)
-        np.testing.assert_allclose(np.asarray(view, dtype=np.float32) / 127.5 - 1, trained.permute(1, 2, 0).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(view, dtype=np.float32) / 127.5 - 1, trained.permute(1, 2, 0).numpy(), atol=1e-6
+        )

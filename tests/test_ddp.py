@@ -17,22 +17,17 @@ from peft import get_peft_model
 
 from loca_diffusion import LoCAConfig, LoCASchedule
 
+from _models import MLP
+
 STEPS = 14
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = nn.Linear(10, 16)
-        self.lin1 = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.lin1(torch.tanh(self.lin0(x)))
 
 
 def build():
     torch.manual_seed(0)
-    model = get_peft_model(MLP(), LoCAConfig(target_modules=["lin0", "lin1"], n_frequency=12, init_weights=False))
+    model = get_peft_model(
+        MLP(hidden=16, d_out=4, activation=nn.Tanh()),
+        LoCAConfig(target_modules=["lin0", "lin1"], n_frequency=12, init_weights=False),
+    )
     schedule = LoCASchedule(model, coefficient_steps=2, location_steps=3, location_training_steps=9)
     optimizer = torch.optim.AdamW(schedule.parameter_groups(lr=0.05, weight_decay=0.01, location_lr=0.2))
     return model, schedule, optimizer

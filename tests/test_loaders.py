@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 
 import loca_diffusion
@@ -29,7 +29,8 @@ from loca_diffusion.pipelines import (
     loca_pipeline_class,
 )
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+
+from _reference import dense_dw
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 PREFIX = "base_model.model."
@@ -113,14 +114,6 @@ def _assert_base_restored(env):
 # an independent reference: W + sum w_i dW_i with an explicit DCT-II matrix
 
 
-def _dct_matrix(n: int) -> torch.Tensor:
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    i = torch.arange(n, dtype=torch.float64)[None, :]
-    c = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
-    c[0] /= math.sqrt(2.0)
-    return c
-
-
 def _reference_unet(env, adapters: list[tuple[str, float]]) -> nn.Module:
     unet = copy.deepcopy(env.base_unet)
     for directory, weight in adapters:
@@ -132,10 +125,7 @@ def _reference_unet(env, adapters: list[tuple[str, float]]) -> nn.Module:
             coefficients = tensors[f"{PREFIX}{layer}.loca_coefficients"].double()
             rows, cols = tensors[f"{PREFIX}{layer}.loca_locations"].long()
             linear = unet.get_submodule(layer)
-            d_out, d_in = linear.weight.shape
-            spectrum = torch.zeros(d_out, d_in, dtype=torch.float64)
-            spectrum = spectrum.index_put((rows, cols), coefficients, accumulate=True)
-            delta = config["scaling"] * weight * _dct_matrix(d_out).T @ spectrum @ _dct_matrix(d_in)
+            delta = dense_dw(coefficients, rows, cols, *linear.weight.shape, config["scaling"] * weight)
             with torch.no_grad():
                 linear.weight += delta.to(linear.weight.dtype)
     return unet
@@ -415,9 +405,15 @@ def test_unreachable_hub_fails_fast_without_retries(tmp_path, monkeypatch):
     port = closed.getsockname()[1]
     closed.close()
     start = time.monotonic()
-    with pytest.raises(HubUnavailableError, match=r"'someone/adapter'.*cannot be reached.*hf download someone/adapter"):
+    with pytest.raises(
+        HubUnavailableError, match=r"'someone/adapter'.*cannot be reached.*hf download someone/adapter"
+    ):
         resolve_local_or_hub(
-            "someone/adapter", "adapter_config.json", cache_dir=tmp_path, endpoint=f"http://127.0.0.1:{port}", timeout=2
+            "someone/adapter",
+            "adapter_config.json",
+            cache_dir=tmp_path,
+            endpoint=f"http://127.0.0.1:{port}",
+            timeout=2,
         )
     assert time.monotonic() - start < 10
 
@@ -546,12 +542,10 @@ def test_model_level_operations_on_a_plain_module(tmp_path, torch_single_thread)
         dense = copy.deepcopy(base)
         for index in ("0", "2"):
             linear = dense.get_submodule(index)
-            d_out, d_in = linear.weight.shape
             rows, cols = tensors[f"{PREFIX}{index}.loca_locations"].long()
-            spectrum = torch.zeros(d_out, d_in, dtype=torch.float64)
-            spectrum.index_put_((rows, cols), tensors[f"{PREFIX}{index}.loca_coefficients"].double(), accumulate=True)
+            coefficients = tensors[f"{PREFIX}{index}.loca_coefficients"]
             with torch.no_grad():
-                linear.weight += (weight * 3.0 * _dct_matrix(d_out).T @ spectrum @ _dct_matrix(d_in)).float()
+                linear.weight += dense_dw(coefficients, rows, cols, *linear.weight.shape, weight * 3.0).float()
         with torch.no_grad():
             return dense(x)
 

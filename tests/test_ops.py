@@ -6,8 +6,6 @@
   coefficient one index (exact for a loss that is linear in the weight, first-order otherwise).
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -19,22 +17,18 @@ from loca_diffusion.tuners.loca.ops import (
     delta_weight,
     dense_delta_weight,
     indices_to_locations,
-    locations_to_indices,
     loca_linear,
+    locations_to_indices,
 )
+
+from _reference import explicit_dct_matrix
 
 STRATEGIES = ["weight", "hybrid", "activation"]
 
 
 def formula_delta(coefficients, indices, d_out, d_in, scale):
     """dW from the paper's definition, in numpy float64: sum of B outer products of DCT rows."""
-    def basis(n):
-        k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-        c = np.sqrt(2.0 / n) * np.cos(math.pi * (2 * i + 1) * k / (2 * n))
-        c[0] *= np.sqrt(0.5)
-        return c
-
-    c_out, c_in = basis(d_out), basis(d_in)
+    c_out, c_in = explicit_dct_matrix(d_out).numpy(), explicit_dct_matrix(d_in).numpy()
     out = np.zeros((d_out, d_in))
     for a, r, c in zip(coefficients.tolist(), indices[0].tolist(), indices[1].tolist()):
         out += scale * a * np.outer(c_out[r], c_in[c])
@@ -60,8 +54,10 @@ def test_delta_weight_matches_formula(shape, b):
     d_out, d_in = shape
     if b > d_out * d_in:
         b = d_out * d_in
-    idx = border_indices(d_out, d_in, b) if min(shape) > 1 and b >= 7 else torch.stack(
-        [torch.randint(0, d_out, (b,)), torch.randint(0, d_in, (b,))]
+    idx = (
+        border_indices(d_out, d_in, b)
+        if min(shape) > 1 and b >= 7
+        else torch.stack([torch.randint(0, d_out, (b,)), torch.randint(0, d_in, (b,))])
     )
     coef = torch.randn(b, dtype=torch.float64)
     ref = formula_delta(coef, idx, d_out, d_in, 0.7)

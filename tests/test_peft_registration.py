@@ -13,27 +13,18 @@ import pickle
 import subprocess
 import sys
 
-import torch.nn as nn
+from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType
 
 import loca_diffusion
 from loca_diffusion import LoCAConfig, LoCAModel
 from loca_diffusion.tuners.loca import register
 from loca_diffusion.tuners.loca.peft_type import ensure_peft_type
-from peft import PeftConfig, PeftModel, get_peft_config, get_peft_model
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.utils import PeftType
+
+from _models import MLP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = nn.Linear(10, 20)
-        self.lin1 = nn.Linear(20, 2)
-
-    def forward(self, x):
-        return self.lin1(self.lin0(x).relu())
 
 
 def test_peft_type_member():

@@ -9,21 +9,16 @@ from peft import get_peft_model
 
 from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule
 
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = nn.Linear(12, 16)
-        self.lin1 = nn.Linear(16, 6)
-
-    def forward(self, x):
-        return self.lin1(torch.tanh(self.lin0(x)))
+from _models import MLP
 
 
 def make(seed=0, **config):
     torch.manual_seed(seed)
     config.setdefault("n_frequency", 10)
-    model = get_peft_model(MLP(), LoCAConfig(target_modules=["lin0", "lin1"], init_weights=False, **config))
+    model = get_peft_model(
+        MLP(d_in=12, hidden=16, d_out=6, activation=nn.Tanh()),
+        LoCAConfig(target_modules=["lin0", "lin1"], init_weights=False, **config),
+    )
     return model
 
 
@@ -46,14 +41,20 @@ def train_step(model, schedule, optimizer, x, y):
     schedule.step()
 
 
-DATA = (torch.randn(32, 12, generator=torch.Generator().manual_seed(1)), torch.randn(32, 6, generator=torch.Generator().manual_seed(2)))
+DATA = (
+    torch.randn(32, 12, generator=torch.Generator().manual_seed(1)),
+    torch.randn(32, 6, generator=torch.Generator().manual_seed(2)),
+)
 
 
 def test_phases_follow_the_paper():
     model = make()
     s = LoCASchedule(model, coefficient_steps=2, location_steps=3, location_training_steps=12)
     phases = [s.phase(i) for i in range(14)]
-    assert phases == ["coefficients"] * 2 + ["locations"] * 3 + ["coefficients"] * 2 + ["locations"] * 3 + ["coefficients"] * 4
+    assert (
+        phases
+        == ["coefficients"] * 2 + ["locations"] * 3 + ["coefficients"] * 2 + ["locations"] * 3 + ["coefficients"] * 4
+    )
     assert LoCASchedule(model, total_steps=1000).location_training_steps == 100  # 10% default
     assert LoCASchedule(model, variant="fixed").phase(0) == "coefficients"
     v2 = LoCASchedule(model, variant="alternate_throughout", coefficient_steps=1, location_steps=1)
@@ -117,7 +118,9 @@ def brute_force_location_descent(model, x, y) -> dict:
                     moved = indices.clone()
                     moved[axis, b] = moved_to
                     with torch.no_grad():
-                        points.copy_(moved.double() / torch.tensor([[layer.out_features - 1], [layer.in_features - 1]]))
+                        points.copy_(
+                            moved.double() / torch.tensor([[layer.out_features - 1], [layer.in_features - 1]])
+                        )
                     losses.append(_loss(model, x, y))
                 grad[axis, b] = (losses[0] - losses[1]) / (hi - lo) * (n - 1)
         with torch.no_grad():
@@ -135,7 +138,9 @@ def test_location_steps_move_locations_in_the_descent_direction():
     train_step(model, s, opt, x, y)  # one coefficient step: non-zero coefficients, so locations matter
     assert s.phase() == "locations"
     start_loss = _loss(model, x, y)
-    start_indices = {n: m.get_locations("default").clone() for n, m in model.named_modules() if isinstance(m, LoCALayer)}
+    start_indices = {
+        n: m.get_locations("default").clone() for n, m in model.named_modules() if isinstance(m, LoCALayer)
+    }
     start_points = snapshot(model)[1]
     descent = brute_force_location_descent(model, x, y)
     # one SGD location step moves the continuous locations along the brute-force descent direction
@@ -149,7 +154,11 @@ def test_location_steps_move_locations_in_the_descent_direction():
     for _ in range(49):
         train_step(model, s, opt, x, y)
     assert _loss(model, x, y) < 0.99 * start_loss
-    moved = [not torch.equal(m.get_locations("default"), start_indices[n]) for n, m in model.named_modules() if isinstance(m, LoCALayer)]
+    moved = [
+        not torch.equal(m.get_locations("default"), start_indices[n])
+        for n, m in model.named_modules()
+        if isinstance(m, LoCALayer)
+    ]
     assert any(moved)
 
 
@@ -215,7 +224,9 @@ def test_resume_mid_schedule_matches_uninterrupted_run(tmp_path):
     for _ in range(4):  # stop inside a location phase
         train_step(model, s, opt, x, y)
     assert s.phase() == "locations"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "schedule": s.state_dict()}, tmp_path / "ckpt.pt")
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "schedule": s.state_dict()}, tmp_path / "ckpt.pt"
+    )
 
     model, s, opt = build()
     state = torch.load(tmp_path / "ckpt.pt")

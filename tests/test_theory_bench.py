@@ -14,6 +14,8 @@ from bench.theory import (
     self_check,
 )
 
+from _reference import explicit_dct_matrix
+
 N = 16
 RANKS = (1, 2, 4)  # below n/2: at r = n/2 the budget 2rn equals n^2 numbers (see bench/theory.py)
 
@@ -44,13 +46,6 @@ def test_lora_matches_discarded_singular_values(W, errors):
     )
 
 
-def _explicit_dct_matrix(n):
-    k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
-    c[0] /= np.sqrt(2.0)
-    return c
-
-
 def _mirror_orbits(F):
     """Energies of the bins of a real matrix's spectrum ``F`` (n x n), one entry per mirror orbit ``{(i, j),
     (-i, -j)}``: ``(orbit energy, energy of its real part, energy of its imaginary part, self-conjugate)``."""
@@ -73,7 +68,7 @@ def test_errors_in_unit_interval(errors, W):
     (other coefficients, a lost mirror half, a non-orthonormal transform) misses it, even inside [0, 1]."""
     for key, err in errors.items():
         assert np.all(err >= -1e-12) and np.all(err <= 1 + 1e-12), key
-    c = _explicit_dct_matrix(N)
+    c = explicit_dct_matrix(N).numpy()
     for sample, w in enumerate(W):
         total = (w**2).sum()
         dct_energy = np.sort(((c @ w @ c.T) ** 2).ravel())[::-1]

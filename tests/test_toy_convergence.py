@@ -23,13 +23,8 @@ from bench.toy_convergence import (
 CFG = ToyConfig()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The benchmark runs each seed on one torch thread; keep the (discrete, chaotic) trajectories identical."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The benchmark runs each seed on one torch thread; keep the (discrete, chaotic) trajectories identical.
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def test_ground_truth_uses_the_library_dct_convention():
@@ -61,8 +56,11 @@ def _neighbour_of(indices: torch.Tensor, generator: torch.Generator, dim: int) -
     """Each location moved by one grid step (row or column, staying inside the grid)."""
     out = indices.clone()
     for k in range(indices.shape[1]):
-        moves = [(dr, dc) for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
-                 if 0 <= indices[0, k] + dr < dim and 0 <= indices[1, k] + dc < dim]
+        moves = [
+            (dr, dc)
+            for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
+            if 0 <= indices[0, k] + dr < dim and 0 <= indices[1, k] + dc < dim
+        ]
         dr, dc = moves[int(torch.randint(len(moves), (1,), generator=generator))]
         out[0, k] += dr
         out[1, k] += dc
@@ -132,7 +130,9 @@ def test_small_benchmark_pipeline():
         learned, fixed, oracle = runs["learned"], runs["fixed"], runs["oracle"]
         assert learned["init_locations"] == fixed["init_locations"]  # same start
         assert fixed["final_locations"] == fixed["init_locations"]  # V1 never moves
-        assert {tuple(p) for p in oracle["init_locations"]} == true and oracle["final_locations"] == oracle["init_locations"]
+        assert {tuple(p) for p in oracle["init_locations"]} == true and oracle["final_locations"] == oracle[
+            "init_locations"
+        ]
         assert oracle["final_loss"] < fixed["final_loss"]  # the true locations fit better
         # the learned continuous locations move in every location phase before T_s, never otherwise
         points = torch.tensor(learned["trajectory_continuous"])
@@ -152,10 +152,20 @@ def test_small_benchmark_pipeline():
         assert summary[variant]["final_loss_median"] == pytest.approx(sum(r["final_loss"] for r in runs) / 2)
     beats = [r["runs"]["learned"]["final_loss"] < r["runs"]["fixed"]["final_loss"] for r in records]
     assert summary["learned_beats_fixed_fraction"] == sum(beats) / 2
-    unmoved = [sorted(r["runs"]["learned"]["final_locations"]) == sorted(r["runs"]["learned"]["init_locations"]) for r in records]
+    unmoved = [
+        sorted(r["runs"]["learned"]["final_locations"]) == sorted(r["runs"]["learned"]["init_locations"])
+        for r in records
+    ]
     assert summary["learned_unmoved_fraction"] == sum(unmoved) / 2
-    md = to_markdown(records, summary, cfg, {"platform": "p", "cpu": "c", "python": "3", "torch": "t",
-                                             "date": "d", "workers": 1, "png": "x.png"}, "cmd", 1.0, 0)
+    md = to_markdown(
+        records,
+        summary,
+        cfg,
+        {"platform": "p", "cpu": "c", "python": "3", "torch": "t", "date": "d", "workers": 1, "png": "x.png"},
+        "cmd",
+        1.0,
+        0,
+    )
     for record in records:
         runs = record["runs"]
         row = next(line for line in md.splitlines() if line.startswith(f"| {record['seed']} |"))

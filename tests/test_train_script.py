@@ -31,23 +31,39 @@ def free_port() -> int:
 def common_args(pipeline: Path, pairs: Path, output: Path, steps: int | None) -> list[str]:
     """The tiny run's flags; ``steps=None`` leaves --max_train_steps out (epochs decide)."""
     return [
-        "--pretrained_model_name_or_path", str(pipeline),
-        "--train_data_dir", str(pairs),
-        "--output_dir", str(output),
-        "--resolution", "32",
-        "--train_batch_size", "1",
-        "--gradient_accumulation_steps", "2",
+        "--pretrained_model_name_or_path",
+        str(pipeline),
+        "--train_data_dir",
+        str(pairs),
+        "--output_dir",
+        str(output),
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "1",
+        "--gradient_accumulation_steps",
+        "2",
         *(["--max_train_steps", str(steps)] if steps is not None else []),
-        "--n_frequency", "16",
-        "--learning_rate", "1e-2",
-        "--location_lr", "0.05",
-        "--coefficient_steps", "1",
-        "--location_steps", "2",
-        "--location_training_steps", "4",
-        "--seed", "0",
-        "--validation_inference_steps", "2",
-        "--num_validation_images", "1",
-        "--checkpointing_steps", "2",
+        "--n_frequency",
+        "16",
+        "--learning_rate",
+        "1e-2",
+        "--location_lr",
+        "0.05",
+        "--coefficient_steps",
+        "1",
+        "--location_steps",
+        "2",
+        "--location_training_steps",
+        "4",
+        "--seed",
+        "0",
+        "--validation_inference_steps",
+        "2",
+        "--num_validation_images",
+        "1",
+        "--checkpointing_steps",
+        "2",
     ]
 
 
@@ -60,7 +76,16 @@ def script_env(**extra: str) -> dict:
 def run(args: list[str], processes: int = 1, env: dict | None = None, launcher: bool = True, timeout: int = 300):
     full_env = script_env(**(env or {}))
     if launcher:
-        command = [str(ACCELERATE), "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command = [
+            str(ACCELERATE),
+            "launch",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
         if processes > 1:
             full_env["ACCELERATE_USE_CPU"] = "1"  # gloo DDP on CPU
             command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(free_port())]
@@ -89,10 +114,20 @@ def test_train_resume_and_load(tiny_pix2pix_dir, pairs, tmp_path, torch_single_t
 
     # 4 steps, then resume from the latest checkpoint up to 6
     out = tmp_path / "out"
-    first = ok(run(common_args(tiny_pix2pix_dir, pairs, out, 4) + ["--validation_steps", "2", "--checkpoints_total_limit", "2"]))
+    first = ok(
+        run(
+            common_args(tiny_pix2pix_dir, pairs, out, 4)
+            + ["--validation_steps", "2", "--checkpoints_total_limit", "2"]
+        )
+    )
     assert "adapter replicas identical across 1 process" in first
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    second = ok(run(common_args(tiny_pix2pix_dir, pairs, out, 6) + ["--resume_from_checkpoint", "latest", "--checkpoints_total_limit", "2"]))
+    second = ok(
+        run(
+            common_args(tiny_pix2pix_dir, pairs, out, 6)
+            + ["--resume_from_checkpoint", "latest", "--checkpoints_total_limit", "2"]
+        )
+    )
     assert "Resuming from" in second and "checkpoint-4" in second
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # total limit
     schedule_state = torch.load(out / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
@@ -117,16 +152,22 @@ def test_train_resume_and_load(tiny_pix2pix_dir, pairs, tmp_path, torch_single_t
     assert "validation" in events.Tags()["images"] and "loss" in events.Tags()["scalars"]
 
     # the adapter loads into a pipeline with load_loca and changes its output; unload restores it
-    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
     from PIL import Image
+
+    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
 
     pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(tiny_pix2pix_dir, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     image = Image.open(next((pairs / "original").iterdir())).convert("RGB")
 
     def edit():
-        return pipe("make it a cartoon", image=image, num_inference_steps=2, output_type="pt",
-                    generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "make it a cartoon",
+            image=image,
+            num_inference_steps=2,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     base = edit()
     pipe.load_loca(str(out))
@@ -261,16 +302,41 @@ def test_bf16_mixed_precision_validates_and_writes_the_card(tiny_pix2pix_dir, pa
     big = tmp_path / "big.png"
     Image.open(next((pairs / "original").iterdir())).resize((72, 48)).save(big)
     out = tmp_path / adapter
-    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--adapter", adapter, "--validation_image", str(big)]
-    command = [str(ACCELERATE), "launch", "--num_machines", "1", "--num_processes", "1", "--cpu", "--mixed_precision", "bf16", "--dynamo_backend", "no", str(SCRIPT)]
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + [
+        "--validation_steps",
+        "2",
+        "--adapter",
+        adapter,
+        "--validation_image",
+        str(big),
+    ]
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        "1",
+        "--cpu",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+    ]
     result = subprocess.run(command + args, capture_output=True, text=True, env=script_env(), timeout=300)
     output = ok(result)
     assert "Running validation at step 2" in output
     assert image_size(out / "validation" / "step-000002.png") == (2 * 32, 32)  # input + 1 edit, at 32 px
     assert image_size(out / "samples.png") == (2 * 32, 32)
-    for line in ("Num examples = 6", "Num Epochs = 1", "Instantaneous batch size per device = 1",
-                 "Total train batch size (w. parallel, distributed & accumulation) = 2",
-                 "Gradient Accumulation steps = 2", "Total optimization steps = 2"):
+    for line in (
+        "Num examples = 6",
+        "Num Epochs = 1",
+        "Instantaneous batch size per device = 1",
+        "Total train batch size (w. parallel, distributed & accumulation) = 2",
+        "Gradient Accumulation steps = 2",
+        "Total optimization steps = 2",
+    ):
         assert line in output, line
 
     card = (out / "README.md").read_text()
@@ -292,7 +358,13 @@ def test_bf16_mixed_precision_validates_and_writes_the_card(tiny_pix2pix_dir, pa
 def test_hub_token_is_never_written_and_a_failed_push_exits_nonzero(tiny_pix2pix_dir, pairs, tmp_path):
     token = "hf_doNotWriteMe0123456789abcdef"
     out = tmp_path / "push"
-    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--push_to_hub", "--hub_token", token]
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + [
+        "--validation_steps",
+        "2",
+        "--push_to_hub",
+        "--hub_token",
+        token,
+    ]
     result = run(args, env={"HF_HUB_OFFLINE": "1"}, launcher=False)  # the launcher echoes a failed command line
     text = result.stdout + result.stderr
     for saved in ("adapter_model.safetensors", "adapter_config.json", "README.md", "samples.png", "checkpoint-2"):
@@ -315,11 +387,20 @@ def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2p
     broken = out / "checkpoint-8" / "adapter"
     broken.mkdir(parents=True)
     (broken / "adapter_model.safetensors").write_bytes(b"half written")
-    second = ok(run(common_args(tiny_pix2pix_dir, pairs, out, None) + ["--num_train_epochs", "2", "--resume_from_checkpoint", "latest"], timeout=150))
+    second = ok(
+        run(
+            common_args(tiny_pix2pix_dir, pairs, out, None)
+            + ["--num_train_epochs", "2", "--resume_from_checkpoint", "latest"],
+            timeout=150,
+        )
+    )
     assert "skipping incomplete checkpoint" in second and "checkpoint-8" in second
     assert re.search(r"Resuming from \S*checkpoint-2\b", second)
     assert "Total optimization steps = 6" in second
-    assert json.loads((out / "checkpoint-6" / "checkpoint_info.json").read_text()) == {"global_step": 6, "adapter": "loca"}
+    assert json.loads((out / "checkpoint-6" / "checkpoint_info.json").read_text()) == {
+        "global_step": 6,
+        "adapter": "loca",
+    }
     assert not list(out.glob(".checkpoint-*"))  # no temporary folder left
 
 

@@ -10,15 +10,14 @@ from peft import PeftModel, get_peft_model
 from PIL import Image
 
 from loca_diffusion import LoCAConfig
+from loca_diffusion.pictures import image_grid, location_heatmap
 from loca_diffusion.training import (
     CHECKPOINT_INFO_FILE,
     build_adapter_config,
     checkpoint_dirs,
     conditioning_dropout,
     count_moved_locations,
-    image_grid,
     latest_checkpoint,
-    location_heatmap,
     location_snapshot,
     save_adapter,
     save_checkpoint,
@@ -92,10 +91,10 @@ def test_location_snapshot_heatmap_and_saving(tmp_path):
     out = save_adapter(model, tmp_path / "adapter", live_state=True)
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LOCA"
     reloaded = PeftModel.from_pretrained(Attn(), str(out))
-    torch.testing.assert_close(
-        reloaded.base_model.model.to_q.get_locations("default"), layer.get_locations("default")
+    torch.testing.assert_close(reloaded.base_model.model.to_q.get_locations("default"), layer.get_locations("default"))
+    card = write_model_card(
+        tmp_path, "tiny", "loca", {"lr": 1e-4}, 400, train_data_dir="pairs", sample_grid="s.png", heatmap="l.png"
     )
-    card = write_model_card(tmp_path, "tiny", "loca", {"lr": 1e-4}, 400, train_data_dir="pairs", sample_grid="s.png", heatmap="l.png")
     text = card.read_text()
     assert "400" in text and "s.png" in text and "l.png" in text and "load_loca" in text
 
@@ -113,8 +112,7 @@ def test_image_grid():
 def test_push_to_hub_fails_fast_offline(tmp_path, monkeypatch):
     import time
 
-    from loca_diffusion.hub import HubUnavailableError
-    from loca_diffusion.training import push_to_hub
+    from loca_diffusion.hub import HubUnavailableError, push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
@@ -131,18 +129,32 @@ def front_matter(card: str) -> str:
     "adapter, title, usage, foreign",
     [
         ("loca", "# LoCA adapter for InstructPix2Pix", "pipe.load_loca(", ["load_lora_weights", "PeftModel"]),
-        ("lora", "# LoRA adapter for InstructPix2Pix", "pipe.load_lora_weights(", ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"]),
-        ("fourierft", "# FourierFT adapter for InstructPix2Pix", "PeftModel.from_pretrained(pipe.unet,", ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"]),
+        (
+            "lora",
+            "# LoRA adapter for InstructPix2Pix",
+            "pipe.load_lora_weights(",
+            ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"],
+        ),
+        (
+            "fourierft",
+            "# FourierFT adapter for InstructPix2Pix",
+            "PeftModel.from_pretrained(pipe.unet,",
+            ["LoCA", "load_loca", "loca_diffusion", "tags: [loca"],
+        ),
     ],
 )
 def test_model_card_per_adapter_type(tmp_path, adapter, title, usage, foreign):
-    hub = write_model_card(tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, dataset_name="me/pairs").read_text()
+    hub = write_model_card(
+        tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, dataset_name="me/pairs"
+    ).read_text()
     assert title in hub and usage in hub and f"tags: [{adapter}," in hub
     assert 'from_pretrained("timbrooks/instruct-pix2pix")' in hub
     assert "datasets: [me/pairs]" in front_matter(hub) and "me/pairs" in hub
     for word in foreign:
         assert word not in hub, word
-    local = write_model_card(tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, train_data_dir="/data/pairs").read_text()
+    local = write_model_card(
+        tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, train_data_dir="/data/pairs"
+    ).read_text()
     assert "datasets:" not in front_matter(local) and "/data/pairs" in local and "me/pairs" not in local
     with pytest.raises(ValueError, match="adapter"):
         write_model_card(tmp_path, "base", "LOCA", {}, 1)
@@ -177,7 +189,10 @@ class FakeAccelerator:
 
 def test_checkpoint_save_is_atomic_and_latest_skips_incomplete(tmp_path, caplog):
     save_checkpoint(FakeAccelerator(), tmp_path, 2, "loca")
-    assert json.loads((tmp_path / "checkpoint-2" / CHECKPOINT_INFO_FILE).read_text()) == {"global_step": 2, "adapter": "loca"}
+    assert json.loads((tmp_path / "checkpoint-2" / CHECKPOINT_INFO_FILE).read_text()) == {
+        "global_step": 2,
+        "adapter": "loca",
+    }
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of the step-4 save
         save_checkpoint(FakeAccelerator(fail_after=2), tmp_path, 4, "loca")
     assert not (tmp_path / "checkpoint-4").exists()
@@ -195,4 +210,7 @@ def test_checkpoint_save_is_atomic_and_latest_skips_incomplete(tmp_path, caplog)
 
     # the total limit keeps the newest complete ones
     save_checkpoint(FakeAccelerator(), tmp_path, 8, "loca", total_limit=2)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*") if (p / CHECKPOINT_INFO_FILE).exists()) == ["checkpoint-4", "checkpoint-8"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*") if (p / CHECKPOINT_INFO_FILE).exists()) == [
+        "checkpoint-4",
+        "checkpoint-8",
+    ]

@@ -73,10 +73,9 @@ def test_one_record_per_method_and_budget(quick_run):
         | {("train", "lora", None, r) for r in LORA_RANKS}
         | {("train", "loca_location_phase", b0, None)}
     )
-    expected_inference = (
-        {("inference", "base", None, None), ("inference", "lora_fused", None, 16)}
-        | {("inference", m, b, None) for m in ("loca_fused", "loca_eval") for b in QUICK_FREQUENCIES}
-    )
+    expected_inference = {("inference", "base", None, None), ("inference", "lora_fused", None, 16)} | {
+        ("inference", m, b, None) for m in ("loca_fused", "loca_eval") for b in QUICK_FREQUENCIES
+    }
     assert set(keys) == expected_train | expected_inference
 
 

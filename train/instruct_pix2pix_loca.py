@@ -16,6 +16,7 @@ like diffusers' train_instruct_pix2pix.py; data, adapter, checkpoint and picture
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from tqdm.auto import tqdm
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
-from loca_diffusion import LoCASchedule
+from loca_diffusion import LoCAConfig, LoCASchedule
 from loca_diffusion.data import (
     DEFAULT_DATASET_NAME,
     DEFAULT_EDIT_PROMPT_COLUMN,
@@ -43,8 +44,9 @@ from loca_diffusion.data import (
     load_edit_dataset,
     make_train_dataset,
 )
-from loca_diffusion.hub import HubUnavailableError
+from loca_diffusion.hub import HubUnavailableError, push_to_hub
 from loca_diffusion.images import load_rgb
+from loca_diffusion.pictures import image_grid, location_heatmap
 from loca_diffusion.training import (
     ADAPTERS,
     CHECKPOINT_INFO_FILE,
@@ -55,104 +57,232 @@ from loca_diffusion.training import (
     complete_checkpoints,
     conditioning_dropout,
     count_moved_locations,
-    image_grid,
     latest_checkpoint,
-    location_heatmap,
     location_snapshot,
-    push_to_hub,
     register_checkpoint_hooks,
     save_adapter,
     save_checkpoint,
     trainable_parameter_count,
     write_model_card,
 )
+from loca_diffusion.tuners.loca import LOCATION_GRAD_MODES, SCHEDULE_VARIANTS
 
 logger = get_logger(__name__, log_level="INFO")
+
+#: The LoCA flags' defaults are LoCAConfig's field defaults (one source for the library and the script).
+LOCA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoCAConfig) if f.default is not dataclasses.MISSING}
+#: T_s of the paper's Table 11 run (10 000 steps); LoCAConfig's own default (None) means 10% of the run.
+PAPER_LOCATION_TRAINING_STEPS = 1200
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's flags (diffusers' names where diffusers has the same flag), each with help and default."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     # model
-    p.add_argument("--pretrained_model_name_or_path", default="timbrooks/instruct-pix2pix", help="InstructPix2Pix pipeline: Hub id or local directory.")
+    p.add_argument(
+        "--pretrained_model_name_or_path",
+        default="timbrooks/instruct-pix2pix",
+        help="InstructPix2Pix pipeline: Hub id or local directory.",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the pretrained pipeline.")
     p.add_argument("--variant", default=None, help="Weight file variant of the pretrained pipeline, e.g. fp16.")
     # data
-    p.add_argument("--dataset_name", default=DEFAULT_DATASET_NAME, help="Hub dataset of edit pairs (ignored when --train_data_dir is given).")
+    p.add_argument(
+        "--dataset_name",
+        default=DEFAULT_DATASET_NAME,
+        help="Hub dataset of edit pairs (ignored when --train_data_dir is given).",
+    )
     p.add_argument("--dataset_config_name", default=None, help="Config of --dataset_name, if it has several.")
-    p.add_argument("--train_data_dir", default=None, help="Local imagefolder with metadata.jsonl (wins over --dataset_name).")
-    p.add_argument("--original_image_column", default=DEFAULT_ORIGINAL_IMAGE_COLUMN, help="Column of the images before the edit.")
-    p.add_argument("--edited_image_column", default=DEFAULT_EDITED_IMAGE_COLUMN, help="Column of the images after the edit.")
+    p.add_argument(
+        "--train_data_dir", default=None, help="Local imagefolder with metadata.jsonl (wins over --dataset_name)."
+    )
+    p.add_argument(
+        "--original_image_column", default=DEFAULT_ORIGINAL_IMAGE_COLUMN, help="Column of the images before the edit."
+    )
+    p.add_argument(
+        "--edited_image_column", default=DEFAULT_EDITED_IMAGE_COLUMN, help="Column of the images after the edit."
+    )
     p.add_argument("--edit_prompt_column", default=DEFAULT_EDIT_PROMPT_COLUMN, help="Column of the edit instructions.")
-    p.add_argument("--sample_paraphrases", action="store_true", help="Draw a fresh paraphrased instruction per example.")
-    p.add_argument("--max_train_samples", type=int, default=None, help="Train on this many rows (a seeded random subset).")
+    p.add_argument(
+        "--sample_paraphrases", action="store_true", help="Draw a fresh paraphrased instruction per example."
+    )
+    p.add_argument(
+        "--max_train_samples", type=int, default=None, help="Train on this many rows (a seeded random subset)."
+    )
     p.add_argument("--cache_dir", default=None, help="Cache directory for downloaded models and datasets.")
-    p.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process).")
-    p.add_argument("--resolution", type=int, default=256, help="Training (and validation) image size; a positive multiple of 8.")
+    p.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes (0: load in the main process).",
+    )
+    p.add_argument(
+        "--resolution", type=int, default=256, help="Training (and validation) image size; a positive multiple of 8."
+    )
     p.add_argument("--center_crop", action="store_true", help="Centre crops instead of random crops.")
-    p.add_argument("--random_flip", action="store_true", help="Flip both images of a pair left-right with probability 1/2.")
-    p.add_argument("--conditioning_dropout_prob", type=float, default=0.05, help="InstructPix2Pix conditioning dropout p, in [0, 1/3).")
+    p.add_argument(
+        "--random_flip", action="store_true", help="Flip both images of a pair left-right with probability 1/2."
+    )
+    p.add_argument(
+        "--conditioning_dropout_prob",
+        type=float,
+        default=0.05,
+        help="InstructPix2Pix conditioning dropout p, in [0, 1/3).",
+    )
     # optimisation
-    p.add_argument("--output_dir", default="instruct-pix2pix-loca", help="Where the adapter, checkpoints, logs and pictures go.")
+    p.add_argument(
+        "--output_dir", default="instruct-pix2pix-loca", help="Where the adapter, checkpoints, logs and pictures go."
+    )
     p.add_argument("--seed", type=int, default=None, help="Seed for a reproducible run.")
     p.add_argument("--train_batch_size", type=int, default=2, help="Batch size per device.")
-    p.add_argument("--num_train_epochs", type=int, default=100, help="Epochs to train (used when --max_train_steps is not given).")
-    p.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps to train; overrides --num_train_epochs.")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=4, help="Batches accumulated per optimizer step.")
+    p.add_argument(
+        "--num_train_epochs", type=int, default=100, help="Epochs to train (used when --max_train_steps is not given)."
+    )
+    p.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimizer steps to train; overrides --num_train_epochs."
+    )
+    p.add_argument(
+        "--gradient_accumulation_steps", type=int, default=4, help="Batches accumulated per optimizer step."
+    )
     p.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory in the UNet.")
     p.add_argument("--learning_rate", type=float, default=1e-4, help="Learning rate of the adapter coefficients.")
-    p.add_argument("--scale_lr", action="store_true", help="Multiply the learning rates by accumulation x batch size x processes.")
-    p.add_argument("--lr_scheduler", default="constant", help="diffusers scheduler: constant, linear, cosine, constant_with_warmup, ...")
-    p.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps of the learning-rate scheduler.")
+    p.add_argument(
+        "--scale_lr", action="store_true", help="Multiply the learning rates by accumulation x batch size x processes."
+    )
+    p.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        help="diffusers scheduler: constant, linear, cosine, constant_with_warmup, ...",
+    )
+    p.add_argument(
+        "--lr_warmup_steps", type=int, default=0, help="Warm-up optimizer steps of the learning-rate scheduler."
+    )
     p.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
     p.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
     p.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
-    p.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay (not applied to LoCA locations).")
+    p.add_argument(
+        "--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay (not applied to LoCA locations)."
+    )
     p.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     p.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
     p.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere and newer GPUs.")
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Mixed precision (default: accelerate's config).")
-    p.add_argument("--enable_xformers_memory_efficient_attention", action="store_true", help="xformers attention (default: PyTorch SDPA).")
+    p.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Mixed precision (default: accelerate's config).",
+    )
+    p.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        help="xformers attention (default: PyTorch SDPA).",
+    )
     # adapter
     p.add_argument("--adapter", choices=ADAPTERS, default="loca", help="Adapter to train: LoCA or a baseline.")
-    p.add_argument("--target_modules", default=",".join(UNET_ATTENTION_TARGETS), help="Comma-separated UNet module names to adapt.")
-    p.add_argument("--n_frequency", type=int, default=1000, help="LoCA / FourierFT coefficients per layer.")
-    p.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
-    p.add_argument("--location_lr", type=float, default=1e-4, help="LoCA: learning rate of the locations.")
-    p.add_argument("--coefficient_steps", type=int, default=10, help="LoCA: coefficient steps per alternation (B_a).")
-    p.add_argument("--location_steps", type=int, default=20, help="LoCA: location steps per alternation (B_l).")
-    p.add_argument("--location_training_steps", type=int, default=1200, help="LoCA: steps after which locations freeze (T_s).")
-    p.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central", help="LoCA: finite-difference location gradient.")
     p.add_argument(
-        "--schedule_variant", choices=["alternating", "fixed", "alternate_throughout", "joint"], default="alternating", help="LoCA: location schedule (paper ablations)."
+        "--target_modules",
+        default=",".join(UNET_ATTENTION_TARGETS),
+        help="Comma-separated UNet module names to adapt.",
     )
-    p.add_argument("--random_loc_seed", type=int, default=777, help="LoCA: seed of the initial locations.")
+    p.add_argument(
+        "--n_frequency",
+        type=int,
+        default=LOCA_DEFAULTS["n_frequency"],
+        help="LoCA / FourierFT coefficients per layer.",
+    )
+    p.add_argument("--scaling", type=float, default=LOCA_DEFAULTS["scaling"], help="LoCA alpha.")
+    p.add_argument(
+        "--location_lr", type=float, default=LOCA_DEFAULTS["location_lr"], help="LoCA: learning rate of the locations."
+    )
+    p.add_argument(
+        "--coefficient_steps",
+        type=int,
+        default=LOCA_DEFAULTS["coefficient_steps"],
+        help="LoCA: coefficient steps per alternation (B_a).",
+    )
+    p.add_argument(
+        "--location_steps",
+        type=int,
+        default=LOCA_DEFAULTS["location_steps"],
+        help="LoCA: location steps per alternation (B_l).",
+    )
+    p.add_argument(
+        "--location_training_steps",
+        type=int,
+        default=PAPER_LOCATION_TRAINING_STEPS,
+        help="LoCA: steps after which locations freeze (T_s; the paper's 1200 of 10 000 steps).",
+    )
+    p.add_argument(
+        "--location_grad",
+        choices=LOCATION_GRAD_MODES,
+        default=LOCA_DEFAULTS["location_grad"],
+        help="LoCA: finite-difference location gradient.",
+    )
+    p.add_argument(
+        "--schedule_variant",
+        choices=SCHEDULE_VARIANTS,
+        default=LOCA_DEFAULTS["schedule_variant"],
+        help="LoCA: location schedule (paper ablations).",
+    )
+    p.add_argument(
+        "--random_loc_seed",
+        type=int,
+        default=LOCA_DEFAULTS["random_loc_seed"],
+        help="LoCA: seed of the initial locations.",
+    )
     p.add_argument("--fourierft_scaling", type=float, default=64.0, help="FourierFT scaling.")
     p.add_argument("--lora_rank", type=int, default=4, help="LoRA rank (>= 1).")
     p.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
     p.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's parameter count.")
     # checkpoints, validation, logging
-    p.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N optimizer steps.")
+    p.add_argument(
+        "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N optimizer steps."
+    )
     p.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
-    p.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest" (of --output_dir).')
-    p.add_argument("--validation_prompt", default="Change the natural image to a cartoon-style image.", help="Instruction of the validation edits.")
-    p.add_argument("--validation_image", default=None, help="Local image path for validation (default: first training image).")
+    p.add_argument(
+        "--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest" (of --output_dir).'
+    )
+    p.add_argument(
+        "--validation_prompt",
+        default="Change the natural image to a cartoon-style image.",
+        help="Instruction of the validation edits.",
+    )
+    p.add_argument(
+        "--validation_image", default=None, help="Local image path for validation (default: first training image)."
+    )
     p.add_argument("--num_validation_images", type=int, default=2, help="Edits generated per validation.")
     p.add_argument("--validation_steps", type=int, default=None, help="Validate every N optimizer steps.")
     p.add_argument("--validation_epochs", type=int, default=None, help="Validate every N epochs.")
-    p.add_argument("--validation_inference_steps", type=int, default=20, help="Denoising steps of the validation edits.")
+    p.add_argument(
+        "--validation_inference_steps", type=int, default=20, help="Denoising steps of the validation edits."
+    )
     p.add_argument("--report_to", default="tensorboard", help='Tracker: tensorboard, wandb, ... or "none".')
     p.add_argument("--logging_dir", default="logs", help="Tracker logs, relative to --output_dir.")
     p.add_argument("--push_to_hub", action="store_true", help="Upload the trained adapter directory to the Hub.")
     p.add_argument("--hub_model_id", default=None, help="Repo for --push_to_hub (default: the output folder name).")
-    p.add_argument("--hub_token", default=None, help="Hub token for --push_to_hub (never written anywhere; `hf auth login` is safer).")
+    p.add_argument(
+        "--hub_token",
+        default=None,
+        help="Hub token for --push_to_hub (never written anywhere; `hf auth login` is safer).",
+    )
     return p
 
 
 # flags that are never recorded (model card, trackers): secrets and per-process details
 UNRECORDED_ARGS = frozenset({"hub_token", "local_rank"})
 ADAPTER_ONLY_ARGS = {
-    "loca": {"scaling", "location_lr", "coefficient_steps", "location_steps", "location_training_steps", "location_grad", "schedule_variant", "random_loc_seed"},
+    "loca": {
+        "scaling",
+        "location_lr",
+        "coefficient_steps",
+        "location_steps",
+        "location_training_steps",
+        "location_grad",
+        "schedule_variant",
+        "random_loc_seed",
+    },
     "fourierft": {"fourierft_scaling"},
     "lora": {"lora_rank", "lora_alpha"},
 }
@@ -171,7 +301,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}")
     if args.lora_rank < 1:
         p.error(f"--lora_rank must be >= 1, got {args.lora_rank}")
-    for flag in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps", "checkpointing_steps", "num_validation_images"):
+    for flag in (
+        "train_batch_size",
+        "num_train_epochs",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "num_validation_images",
+    ):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     for flag in ("max_train_steps", "validation_steps", "validation_epochs", "checkpoints_total_limit"):
@@ -218,12 +354,20 @@ def check_inputs(args: argparse.Namespace) -> Optional[Path]:
         given = Path(args.resume_from_checkpoint)
         resume = next((c for c in (given, output_dir / given) if c.is_dir()), None)
         if resume is None:
-            fail(f"--resume_from_checkpoint {given}: no such checkpoint folder (pass a checkpoint-N folder or 'latest')")
+            fail(
+                f"--resume_from_checkpoint {given}: no such checkpoint folder (pass a checkpoint-N folder or 'latest')"
+            )
         info = checkpoint_info(resume)
         if info is None:
-            fail(f"--resume_from_checkpoint {resume} is not a complete checkpoint (no {CHECKPOINT_INFO_FILE}; an interrupted save?)")
+            fail(
+                f"--resume_from_checkpoint {resume} is not a complete checkpoint (no {CHECKPOINT_INFO_FILE}; "
+                "an interrupted save?)"
+            )
         if info.get("adapter") != args.adapter:
-            fail(f"--resume_from_checkpoint {resume} holds a {info.get('adapter')} adapter, not --adapter {args.adapter}")
+            fail(
+                f"--resume_from_checkpoint {resume} holds a {info.get('adapter')} adapter, "
+                f"not --adapter {args.adapter}"
+            )
     if args.validation_image:
         try:
             load_rgb(args.validation_image)
@@ -276,7 +420,10 @@ def run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, 
     unet.eval()
     # validation must not shift the training's random stream (resumed runs replay it exactly); autocast:
     # the fp32 adapter makes the UNet return fp32 latents, which the fp16/bf16 VAE must accept
-    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), accelerator.autocast():
+    with (
+        torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []),
+        accelerator.autocast(),
+    ):
         edited = [
             pipe(
                 args.validation_prompt,
@@ -310,7 +457,9 @@ def main(argv=None) -> None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.report_to != "none" else None,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=Path(args.output_dir, args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=Path(args.output_dir, args.logging_dir)
+        ),
         # each epoch's order is a function of (seed, epoch): a run resumed mid-epoch replays it exactly
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -383,9 +532,9 @@ def main(argv=None) -> None:
         unet.add_adapter(adapter_config)
     except ValueError as error:
         fail(f"--adapter {args.adapter}: {error}")
-    for p in unet.parameters():  # adapters in fp32 whatever the base dtype
-        if p.requires_grad:
-            p.data = p.data.float()
+    from diffusers.training_utils import cast_training_params
+
+    cast_training_params(unet, dtype=torch.float32)  # adapters in fp32 whatever the base dtype
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if args.enable_xformers_memory_efficient_attention:
@@ -401,7 +550,9 @@ def main(argv=None) -> None:
         schedule = LoCASchedule(unet)
         groups = schedule.parameter_groups(lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     else:
-        groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "weight_decay": args.adam_weight_decay}]
+        groups = [
+            {"params": [p for p in unet.parameters() if p.requires_grad], "weight_decay": args.adam_weight_decay}
+        ]
     learning_rate = args.learning_rate
     if args.scale_lr:
         factor = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
@@ -447,7 +598,9 @@ def main(argv=None) -> None:
     #    --max_train_steps, when not given, from --num_train_epochs.
     from diffusers.optimization import get_scheduler
 
-    updates_per_epoch = math.ceil(math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps)
+    updates_per_epoch = math.ceil(
+        math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps
+    )
     max_train_steps = args.max_train_steps or args.num_train_epochs * updates_per_epoch
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
@@ -456,8 +609,12 @@ def main(argv=None) -> None:
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
     register_checkpoint_hooks(accelerator, unet)
-    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # the prepared (sharded) loader
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        unet, optimizer, train_dataloader, lr_scheduler
+    )
+    updates_per_epoch = math.ceil(
+        len(train_dataloader) / args.gradient_accumulation_steps
+    )  # the prepared (sharded) loader
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     if schedule is not None:
         accelerator.register_for_checkpointing(schedule)
@@ -486,8 +643,14 @@ def main(argv=None) -> None:
         raise RuntimeError(f"LoCA schedule at step {schedule.step_count}, training at {global_step}")
 
     # 7. Train.
-    null_conditioning = text_encoder(tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(accelerator.device))[0]
-    progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    null_conditioning = text_encoder(
+        tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids.to(
+            accelerator.device
+        )
+    )[0]
+    progress = tqdm(
+        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
     unwrapped = accelerator.unwrap_model(unet)
     locations_before_phase = location_snapshot(unwrapped) if schedule is not None else None
     finished = global_step >= max_train_steps
@@ -496,14 +659,18 @@ def main(argv=None) -> None:
             break
         unet.train()
         train_dataloader.set_epoch(epoch)
-        skip = (global_step - epoch * updates_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
+        skip = (
+            (global_step - epoch * updates_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
+        )
         loader = accelerator.skip_first_batches(train_dataloader, skip) if skip > 0 else train_dataloader
         for batch in loader:
             with accelerator.accumulate(unet):
                 latents = vae.encode(batch["edited_pixel_values"].to(weight_dtype)).latent_dist.sample()
                 latents = latents * vae.config.scaling_factor
                 noise = torch.randn_like(latents)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+                ).long()
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
                 encoder_hidden_states = text_encoder(batch["input_ids"])[0]
                 original_latents = vae.encode(batch["original_pixel_values"].to(weight_dtype)).latent_dist.mode()
@@ -543,19 +710,43 @@ def main(argv=None) -> None:
                 if accelerator.is_main_process:
                     for tracker in accelerator.trackers:
                         if tracker.name == "tensorboard":
-                            tracker.writer.add_image("locations", np.asarray(location_heatmap(unwrapped)), global_step, dataformats="HWC")
+                            tracker.writer.add_image(
+                                "locations", np.asarray(location_heatmap(unwrapped)), global_step, dataformats="HWC"
+                            )
             progress.set_postfix(**{k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()})
             accelerator.log(logs, step=global_step)
 
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, global_step, args.adapter, args.checkpoints_total_limit)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
+                run_validation(
+                    args,
+                    accelerator,
+                    unet,
+                    vae,
+                    text_encoder,
+                    tokenizer,
+                    root,
+                    validation_image,
+                    global_step,
+                    weight_dtype,
+                )
             if global_step >= max_train_steps:
                 finished = True
                 break
         if args.validation_epochs and (epoch + 1) % args.validation_epochs == 0 and accelerator.is_main_process:
-            run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
+            run_validation(
+                args,
+                accelerator,
+                unet,
+                vae,
+                text_encoder,
+                tokenizer,
+                root,
+                validation_image,
+                global_step,
+                weight_dtype,
+            )
 
     # 8. Save the adapter (PEFT layout, loadable by pipe.load_loca / PeftModel.from_pretrained) and its card.
     accelerator.wait_for_everyone()
@@ -574,7 +765,9 @@ def main(argv=None) -> None:
             train_data_dir=args.train_data_dir,
         )
         write_model_card(args.output_dir, **card)  # before the final validation: a card even if it fails
-        grid = run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype)
+        grid = run_validation(
+            args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype
+        )
         grid.save(Path(args.output_dir) / "samples.png")
         card["sample_grid"] = "samples.png"
         if args.adapter == "loca":
@@ -583,10 +776,15 @@ def main(argv=None) -> None:
         write_model_card(args.output_dir, **card)
         if args.push_to_hub:
             try:
-                url = push_to_hub(args.output_dir, args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+                url = push_to_hub(
+                    args.output_dir, args.hub_model_id or Path(args.output_dir).name, token=args.hub_token
+                )
                 logger.info(f"adapter uploaded to {url}")
             except Exception as error:  # noqa: BLE001 - any upload failure: the adapter is saved, the run failed
-                push_error = f"--push_to_hub failed ({type(error).__name__}: {error}); the trained adapter is saved in {args.output_dir}"
+                push_error = (
+                    f"--push_to_hub failed ({type(error).__name__}: {error}); "
+                    f"the trained adapter is saved in {args.output_dir}"
+                )
     # every rank leaves together: a rank exiting while the main one still saves can hang gloo's teardown
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..hub import (
-    DEFAULT_TIMEOUT,
+    HUB_TIMEOUT,
     HubFileNotFoundError,
     HubUnavailableError,
     hub_file_exists,
@@ -240,7 +240,7 @@ def read_loca_adapter(
     cache_dir: Optional[Union[str, os.PathLike]] = None,
     local_files_only: bool = False,
     token: Optional[Union[str, bool]] = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = HUB_TIMEOUT,
 ) -> LoCAAdapter:
     """Read and check a LoCA adapter: its config and tensors, in no model yet.
 

@@ -18,7 +18,8 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from ..tuners.loca import LoCAConfig, LoCALayer
+from ..tuners.loca import LoCAConfig
+from ..tuners.loca.layer import iter_loca_layers, set_wrapped_submodule
 from .adapter_files import LoCAAdapter, to_model_keys
 
 __all__ = [
@@ -80,10 +81,6 @@ def _forget_state(model: nn.Module) -> Optional[LoCALoaderState]:
 # queries
 
 
-def _loca_layers(model: nn.Module) -> list[tuple[str, LoCALayer]]:
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoCALayer)]
-
-
 def _tuner_layers(model: nn.Module):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -109,7 +106,7 @@ def active_loca_adapters(model: nn.Module) -> list[str]:
 
 
 def is_loca_fused(model: nn.Module) -> bool:
-    return any(module.merged for _, module in _loca_layers(model))
+    return any(module.merged for _, module in iter_loca_layers(model))
 
 
 def _as_list(names: Union[str, list[str]]) -> list[str]:
@@ -142,17 +139,11 @@ def _fingerprint(weight: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat * ramp).sum(), (flat * flat).sum()]).cpu()
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def _refreeze(model: nn.Module) -> None:
     """Adapters loaded for inference stay frozen (diffusers' ``set_adapters`` turns requires_grad on)."""
     configs = getattr(model, "peft_config", None) or {}
     frozen = {name for name, config in configs.items() if isinstance(config, LoCAConfig) and config.inference_mode}
-    for _, module in _loca_layers(model):
+    for _, module in iter_loca_layers(model):
         for container in (module.loca_coefficients, module.loca_locations):
             for name, parameter in container.items():
                 if name in frozen:
@@ -196,7 +187,7 @@ def _unwrap_modules_to_save(model: nn.Module, names: list[str]) -> None:
         else:  # pragma: no cover - older peft
             held = set(getattr(module, "modules_to_save", {}).keys())
         if held and held <= set(names):
-            _set_submodule(model, module_name, module.original_module)
+            set_wrapped_submodule(model, module_name, module.original_module)
         else:
             for name in names:
                 if name in held:
@@ -205,9 +196,9 @@ def _unwrap_modules_to_save(model: nn.Module, names: list[str]) -> None:
 
 
 def _remove_empty_loca_layers(model: nn.Module) -> None:
-    for name, module in reversed(_loca_layers(model)):
+    for name, module in reversed(list(iter_loca_layers(model))):
         if not module.loca_coefficients:
-            _set_submodule(model, name, module.base_layer)
+            set_wrapped_submodule(model, name, module.base_layer)
 
 
 def _forget_configs_if_empty(model: nn.Module) -> None:
@@ -270,7 +261,7 @@ def load_loca_adapter(model: nn.Module, adapter: LoCAAdapter, adapter_name: Opti
         raise ValueError("LoCA adapters are fused; call `pipe.unfuse_loca()` before loading another one")
 
     previous_active = _active_adapters(model)
-    if not _loca_layers(model):
+    if next(iter_loca_layers(model), None) is None:
         state = _state(model)
         if state.requires_grad_before is None:
             state.requires_grad_before = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -339,7 +330,7 @@ def enable_loca(model: nn.Module, enabled: bool = True) -> None:
     unfused first)."""
     if not enabled and is_loca_fused(model):
         unfuse_loca(model)
-    for _, module in _loca_layers(model):
+    for _, module in iter_loca_layers(model):
         module.enable_adapters(enabled)
     if enabled:
         _refreeze(model)
@@ -352,7 +343,7 @@ def delete_loca_adapters(model: nn.Module, adapter_names: Union[str, list[str]])
     if is_loca_fused(model):
         unfuse_loca(model)
     for name in names:
-        for _, module in _loca_layers(model):
+        for _, module in iter_loca_layers(model):
             if name in module.loca_coefficients:
                 module.delete_adapter(name)
         _unwrap_modules_to_save(model, [name])
@@ -385,7 +376,7 @@ def fuse_loca(
         raise ValueError("No LoCA adapter is active; pass `adapter_names` or call `set_loca_adapters` first")
     fused = _state(model).fused
     try:
-        for layer_name, module in _loca_layers(model):
+        for layer_name, module in iter_loca_layers(model):
             targets = [n for n in names if n in module.loca_coefficients and n not in module.merged_adapters]
             if not targets:
                 continue
@@ -407,7 +398,7 @@ def unfuse_loca(model: nn.Module) -> None:
     weights from before fusing."""
     state = getattr(model, _STATE_ATTRIBUTE, None)
     fused = state.fused if state is not None else {}
-    for layer_name, module in _loca_layers(model):
+    for layer_name, module in iter_loca_layers(model):
         layer = fused.pop(layer_name, None)
         if layer is not None:
             for name, multiplier in layer.multipliers.items():
@@ -446,8 +437,8 @@ def unload_loca(model: nn.Module, keep_fused: bool = False) -> None:
     elif is_loca_fused(model) or (state is not None and state.fused):
         unfuse_loca(model)
     _unwrap_modules_to_save(model, names)
-    for layer_name, module in reversed(_loca_layers(model)):
-        _set_submodule(model, layer_name, module.base_layer)
+    for layer_name, module in reversed(list(iter_loca_layers(model))):
+        set_wrapped_submodule(model, layer_name, module.base_layer)
     configs = getattr(model, "peft_config", None)
     if configs is not None:
         for name in names:

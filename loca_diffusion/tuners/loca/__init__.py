@@ -7,12 +7,17 @@ Importing this package registers the method with peft (idempotent), as peft's ow
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
-from .config import LoCAConfig
-from .layer import Linear, LoCALayer
+from .config import SCHEDULE_VARIANTS, LoCAConfig
+from .layer import Linear, LoCALayer, iter_loca_layers
 from .model import LoCAModel
+from .ops import LOCATION_GRAD_MODES, STRATEGIES
 from .peft_type import METHOD_NAME, PREFIX, ensure_peft_type
 
-__all__ = ["LoCAConfig", "LoCALayer", "LoCAModel", "Linear", "register"]
+__all__ = [
+    "LOCATION_GRAD_MODES",
+    "SCHEDULE_VARIANTS",
+    "STRATEGIES",
+    "LoCAConfig", "LoCALayer", "LoCAModel", "Linear", "iter_loca_layers", "register"]
 
 
 def register() -> None:

@@ -29,7 +29,9 @@ class LoCAConfig(PeftConfig):
     n_frequency: int = field(default=1000, metadata={"help": "Learnable DCT coefficients per adapted layer."})
     n_frequency_pattern: Optional[dict] = field(
         default_factory=dict,
-        metadata={"help": "Per-layer overrides: {regex or module-name suffix: n_frequency}, like LoRA's rank_pattern."},
+        metadata={
+            "help": "Per-layer overrides: {regex or module-name suffix: n_frequency}, like LoRA's rank_pattern."
+        },
     )
     scaling: float = field(default=1.0, metadata={"help": "alpha in dW = alpha * C_out^T S C_in."})
     target_modules: Optional[Union[list[str], str]] = field(
@@ -72,7 +74,9 @@ class LoCAConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = ensure_peft_type()
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
+        self.target_modules = (
+            set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
+        )
         self.exclude_modules = (
             set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
         )

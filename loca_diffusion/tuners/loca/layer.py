@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -19,8 +19,8 @@ from .ops import (
     delta_weight,
     effective_weight,
     indices_to_locations,
-    locations_to_indices,
     loca_linear,
+    locations_to_indices,
 )
 
 # value of every entry of `loca_fixed_locations[name]` while the locations are learned (not frozen)
@@ -128,7 +128,9 @@ class LoCALayer(BaseTunerLayer):
         self.loca_coefficients[adapter_name] = nn.Parameter(coefficients.to(device))
         self.loca_locations[adapter_name] = nn.Parameter(indices_to_locations(indices, d_out, d_in).to(device))
         # adapters created for inference (e.g. by PeftModel.from_pretrained) start frozen
-        self.loca_fixed_locations[adapter_name] = (indices if inference_mode else torch.full_like(indices, NOT_FROZEN)).to(device)
+        self.loca_fixed_locations[adapter_name] = (
+            indices if inference_mode else torch.full_like(indices, NOT_FROZEN)
+        ).to(device)
         self.loca_frozen[adapter_name] = bool(inference_mode)
         self.loca_n_frequency[adapter_name] = n_frequency
         self.loca_scaling[adapter_name] = float(scaling)
@@ -191,7 +193,9 @@ class LoCALayer(BaseTunerLayer):
             if points_key in state_dict and fixed_key not in state_dict:
                 state_dict[fixed_key] = torch.full_like(self.loca_fixed_locations[name], NOT_FROZEN)
             elif fixed_key in state_dict and points_key not in state_dict:
-                state_dict[points_key] = indices_to_locations(state_dict[fixed_key], self.out_features, self.in_features)
+                state_dict[points_key] = indices_to_locations(
+                    state_dict[fixed_key], self.out_features, self.in_features
+                )
         self._weight_cache = None
 
     def _sync_frozen_flags(self) -> None:
@@ -445,3 +449,57 @@ class Linear(nn.Module, LoCALayer):
 
 def _sync_frozen_flags_after_load(module: LoCALayer, incompatible_keys) -> None:
     module._sync_frozen_flags()
+
+
+# Name segments that wrappers insert between a model and its layers: FSDP, activation checkpointing,
+# torch.compile. Adapter files and PEFT state dicts never contain them.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (as accelerate's
+    ``prepare`` returns it), else ``model`` itself."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _innermost(module: nn.Module) -> nn.Module:
+    while (attribute := _wrapper_attribute(module)) is not None:
+        module = getattr(module, attribute)
+    return module
+
+
+def _wrapper_attribute(module: nn.Module) -> Optional[str]:
+    return next((w for w in _WRAPPER_SEGMENTS if isinstance(getattr(module, w, None), nn.Module)), None)
+
+
+def clean_module_name(name: str) -> str:
+    """``name`` without wrapper segments (FSDP, activation checkpointing, ``torch.compile``)."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
+def iter_loca_layers(model: nn.Module) -> Iterator[tuple[str, LoCALayer]]:
+    """Every LoCA layer of ``model`` with its name as adapter files and PEFT state dicts spell it: a DDP /
+    DataParallel wrapper is looked through and FSDP, activation-checkpointing and ``torch.compile``
+    wrapper segments are left out of the names."""
+    for name, module in unwrap_parallel(model).named_modules():
+        if isinstance(module, LoCALayer):
+            yield clean_module_name(name), module
+
+
+def get_wrapped_submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` for a ``name`` from :func:`iter_loca_layers`: wrappers are looked through."""
+    module = _innermost(unwrap_parallel(model))
+    for part in filter(None, clean_module_name(name).split(".")):
+        module = _innermost(getattr(module, part))
+    return module
+
+
+def set_wrapped_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where :func:`get_wrapped_submodule` finds ``name``, inside any wrapper around the old one."""
+    parent_name, _, child = clean_module_name(name).rpartition(".")
+    parent = get_wrapped_submodule(model, parent_name)
+    while (attribute := _wrapper_attribute(getattr(parent, child))) is not None:
+        parent, child = getattr(parent, child), attribute
+    setattr(parent, child, module)

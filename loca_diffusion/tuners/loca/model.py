@@ -13,7 +13,7 @@ from peft.utils.other import get_pattern_key
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoCAConfig
-from .layer import NOT_FROZEN, Linear, LoCALayer
+from .layer import NOT_FROZEN, Linear, LoCALayer, iter_loca_layers
 from .ops import indices_to_locations
 from .peft_type import PREFIX
 
@@ -75,7 +75,7 @@ class LoCAModel(BaseTuner):
         if autocast_adapter_dtype:
             super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
             return
-        for _, module in _loca_layers(self.model):
+        for _, module in iter_loca_layers(self.model):
             coefficients = module.loca_coefficients.get(adapter_name)
             dtype = module.get_base_layer().weight.dtype
             if coefficients is None or not dtype.is_floating_point or coefficients.dtype == dtype:
@@ -104,7 +104,9 @@ class LoCAModel(BaseTuner):
                 kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = False
         elif isinstance(base, Conv1D):
             if not kwargs["fan_in_fan_out"]:
-                warnings.warn("The target is a transformers Conv1D (weights stored (in, out)); setting fan_in_fan_out=True.")
+                warnings.warn(
+                    "The target is a transformers Conv1D (weights stored (in, out)); setting fan_in_fan_out=True."
+                )
                 kwargs["fan_in_fan_out"] = loca_config.fan_in_fan_out = True
         else:
             raise ValueError(
@@ -119,7 +121,7 @@ class LoCAModel(BaseTuner):
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         """Save the learned integer locations under ``loca_locations``, whatever their live form."""
         selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        for module_name, module in _loca_layers(model):
+        for module_name, module in iter_loca_layers(model):
             if adapter_name not in module.loca_coefficients:
                 continue
             shape = torch.tensor([module.out_features, module.in_features], dtype=torch.int64)
@@ -134,7 +136,7 @@ class LoCAModel(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """Check the file against the model, then route the integer locations to the live form."""
         state_dict = dict(state_dict)
-        layers = {name: module for name, module in _loca_layers(model) if adapter_name in module.loca_coefficients}
+        layers = {name: module for name, module in iter_loca_layers(model) if adapter_name in module.loca_coefficients}
         expected = set()
         for module_name, module in layers.items():
             key = _checkpoint_key(state_dict, module_name, "loca_coefficients")
@@ -171,22 +173,16 @@ class LoCAModel(BaseTuner):
             frozen = module.locations_frozen(adapter_name)
             fixed = locations.long() if frozen else torch.full_like(locations, NOT_FROZEN, dtype=torch.long)
             state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
-            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(locations.long(), d_out, d_in)
-        unknown = [
-            k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")
-        ]
+            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(
+                locations.long(), d_out, d_in
+            )
+        unknown = [k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")]
         if unknown:
             raise ValueError(
                 f"The LoCA adapter weights hold {len(unknown)} entries for layers this model does not adapt, "
                 f"e.g. '{unknown[0]}': they were made for a different model or target_modules"
             )
         return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-
-
-def _loca_layers(model: nn.Module):
-    for name, module in model.named_modules():
-        if isinstance(module, LoCALayer):
-            yield name.removeprefix("_fsdp_wrapped_module."), module
 
 
 def _strip(module_name: str) -> str:

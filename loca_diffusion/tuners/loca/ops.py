@@ -30,7 +30,17 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ...dct import _column_map, dct, dct_columns, dct_matrix, dct_spectrum, idct, idct2, idct_sparse_columns, working_dtype
+from ...dct import (
+    _column_map,
+    dct,
+    dct_columns,
+    dct_matrix,
+    dct_spectrum,
+    idct,
+    idct2,
+    idct_sparse_columns,
+    working_dtype,
+)
 
 LOCATION_GRAD_MODES = ("central", "forward", "backward")
 STRATEGIES = ("auto", "weight", "hybrid", "activation")
@@ -52,7 +62,9 @@ def indices_to_locations(indices: torch.Tensor, d_out: int, d_in: int) -> torch.
     return indices.float() / sizes
 
 
-def delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float) -> torch.Tensor:
+def delta_weight(
+    coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float
+) -> torch.Tensor:
     """``scale * C_out^T S C_in`` in float32, shape ``(d_out, d_in)``; coincident locations add up.
 
     Built as ``(C_out^T S) C_in``: the left factor is a scatter of ``B`` scaled DCT rows (``B * d_out``
@@ -73,7 +85,9 @@ def delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, 
     return idct(left, dim=-1)
 
 
-def dense_delta_weight(coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float) -> torch.Tensor:
+def dense_delta_weight(
+    coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float
+) -> torch.Tensor:
     """Reference ``scale * C_out^T S C_in`` by explicit dense matrix products (tests, small layers).
 
     Differentiable in ``coefficients``.
@@ -211,7 +225,9 @@ def _strategy_costs(device_type: str, d_out: int, d_in: int, tokens: int, n_coef
         weight_grad = gemm + k["fft"] * square + k["mem"] * min(n_points * d_out, square)
         costs["weight"] += build + weight_grad
         costs["hybrid"] += build + spectra + sampled
-        costs["activation"] += k["fft"] * tokens * d_out + sampled + k["fft"] * tokens * d_in + k["mem"] * tokens * n_coef
+        costs["activation"] += (
+            k["fft"] * tokens * d_out + sampled + k["fft"] * tokens * d_in + k["mem"] * tokens * n_coef
+        )
     return costs
 
 
@@ -233,6 +249,18 @@ class AdapterCall:
 
     scale: float
     location_grad: str | None  # stencil mode when location gradients are wanted, else None
+
+
+def _sparse_through_spectrum(spectrum, n_read, n_write, coefficients, calls, read, write) -> torch.Tensor:
+    """The activation strategy's product with the sparse spectrum, ``sum_i scale_i * S_i`` between two DCTs: the
+    DCT columns ``read[i]`` of ``spectrum`` (the real-FFT spectrum of inputs of length ``n_read``), weighted by
+    the coefficients, summed into the columns ``write[i]`` of an inverse DCT of length ``n_write``. Forward:
+    read the input columns, write the output rows; backward (the transpose): the other way round."""
+    values = [
+        dct_columns(spectrum, n_read, where) * (coef.detach().to(spectrum.real.dtype) * call.scale)
+        for coef, where, call in zip(coefficients, read, calls)
+    ]
+    return idct_sparse_columns(torch.cat(values, dim=-1), torch.cat(list(write)), n_write)
 
 
 def effective_weight(
@@ -267,12 +295,8 @@ class LoCALinearFunction(torch.autograd.Function):
             base = weight.T if fan_in_fan_out else weight
             y = F.linear(x2d, base.to(x.dtype), None if bias is None else bias.to(x.dtype))
             spectrum_x = dct_spectrum(x2d)
-            values = [
-                dct_columns(spectrum_x, d_in, index[1]) * (coef.detach().to(spectrum_x.real.dtype) * call.scale)
-                for coef, index, call in zip(coefficients, indices, calls)
-            ]
-            rows = torch.cat([index[0] for index in indices])
-            y = y + idct_sparse_columns(torch.cat(values, dim=-1), rows, d_out).to(y.dtype)
+            cols, rows = [index[1] for index in indices], [index[0] for index in indices]
+            y = y + _sparse_through_spectrum(spectrum_x, d_in, d_out, coefficients, calls, cols, rows).to(y.dtype)
             saved_spectrum = spectrum_x
         else:
             w_eff = effective_weight(weight, fan_in_fan_out, coefficients, indices, calls, d_out, d_in)
@@ -334,12 +358,10 @@ class LoCALinearFunction(torch.autograd.Function):
         if needs[0] and ctx.strategy == "activation":
             if spectrum_g is None:
                 spectrum_g = dct_spectrum(g2d)
-            picked = [
-                dct_columns(spectrum_g, d_out, index[0]) * (coef.detach().to(spectrum_g.real.dtype) * call.scale)
-                for coef, index, call in zip(coefficients, indices, calls)
-            ]
-            cols_all = torch.cat([index[1] for index in indices])
-            grad_x = grad_x + idct_sparse_columns(torch.cat(picked, dim=-1), cols_all, d_in).to(grad_x.dtype)
+            rows, cols = [index[0] for index in indices], [index[1] for index in indices]
+            grad_x = grad_x + _sparse_through_spectrum(spectrum_g, d_out, d_in, coefficients, calls, rows, cols).to(
+                grad_x.dtype
+            )
 
         adapter_grads = []
         for i in range(n):
