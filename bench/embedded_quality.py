@@ -52,8 +52,13 @@ def picture_grid(rows: list[list[torch.Tensor]], header: list[str], path: Path, 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(BASE_DIR))
-    p.add_argument("--adapter", action="append", default=None, metavar="LABEL=DIR",
-                   help="cartoonizer adapters to compare (default: LoCA=assets/adapters/cartoonizer)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        metavar="LABEL=DIR",
+        help="cartoonizer adapters to compare (default: LoCA=assets/adapters/cartoonizer)",
+    )
     p.add_argument("--write_examples", action="store_true", help="write assets/examples/ from the shipped edits")
     p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
     args = p.parse_args(argv)
@@ -82,11 +87,15 @@ def main(argv=None) -> None:
     cartoon.update({k: mean_scores(v, targets) for k, v in outputs.items()})
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    picture_grid([[v, t, *(o[i] for o in outputs.values())] for i, (v, t) in enumerate(zip(views, targets))],
-                 ["input", "target", *outputs], RESULTS / "embedded_cartoon_grid.png")
+    picture_grid(
+        [[v, t, *(o[i] for o in outputs.values())] for i, (v, t) in enumerate(zip(views, targets))],
+        ["input", "target", *outputs],
+        RESULTS / "embedded_cartoon_grid.png",
+    )
     edited = [e.apply(views) for e in EDITS]
-    model_out = run_edit(pipe, torch.cat([views] * len(EDITS)),
-                         [e.instructions[0] for e in EDITS for _ in views]).unflatten(0, (len(EDITS), len(views)))
+    model_out = run_edit(
+        pipe, torch.cat([views] * len(EDITS)), [e.instructions[0] for e in EDITS for _ in views]
+    ).unflatten(0, (len(EDITS), len(views)))
     rows = []
     for i in range(len(views)):
         rows.append([views[i], *(t[i] for t in edited)])
@@ -108,33 +117,59 @@ def main(argv=None) -> None:
     Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
 
     lines = [
-        "# Embedded default: held-out quality", "",
-        f"Reproduce: `python bench/embedded_quality.py` ({result['seconds']:.0f} s on {result['machine']['cpu']}, 1 thread).",
+        "# Embedded default: held-out quality",
+        "",
+        f"Reproduce: `python bench/embedded_quality.py` "
+        f"({result['seconds']:.0f} s on {result['machine']['cpu']}, 1 thread).",
         f"Held-out photos ({len(names)}, never seen in training): {', '.join(names)}; {RESOLUTION} px centre views.",
-        "Sampling: 20 DDIM steps, no classifier-free guidance, seed 0.", "",
-        f"VAE reconstruction of the photos: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}.", "",
-        "## Base edits (PSNR dB / SSIM against the code-made target)", "",
+        "Sampling: 20 DDIM steps, no classifier-free guidance, seed 0.",
+        "",
+        f"VAE reconstruction of the photos: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}.",
+        "",
+        "## Base edits (PSNR dB / SSIM against the code-made target)",
+        "",
         "| edit | model | output = input | VAE limit | gain (dB) | ships (gain >= 3 dB) |",
         "|---|---|---|---|---|---|",
     ]
     for k, v in base.items():
-        lines.append(f"| {k} | {v['psnr']:.2f} / {v['ssim']:.3f} | {v['identity_psnr']:.2f} / {v['identity_ssim']:.3f} | "
-                     f"{v['vae_psnr']:.2f} / {v['vae_ssim']:.3f} | {v['psnr'] - v['identity_psnr']:+.2f} | "
-                     f"{'yes' if k in shipped else 'no'} |")
-    lines += ["", f"## Cartoonizer (instruction: \"{CARTOON_INSTRUCTION}\")", "",
-              "| output | PSNR (dB) | SSIM | gain over output = input (dB) |", "|---|---|---|---|"]
+        lines.append(
+            f"| {k} | {v['psnr']:.2f} / {v['ssim']:.3f} | {v['identity_psnr']:.2f} / {v['identity_ssim']:.3f} | "
+            f"{v['vae_psnr']:.2f} / {v['vae_ssim']:.3f} | {v['psnr'] - v['identity_psnr']:+.2f} | "
+            f"{'yes' if k in shipped else 'no'} |"
+        )
+    lines += [
+        "",
+        f'## Cartoonizer (instruction: "{CARTOON_INSTRUCTION}")',
+        "",
+        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
+        "|---|---|---|---|",
+    ]
     ident = cartoon["output = input"]["psnr"]
     for k, v in cartoon.items():
         lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |")
-    lines += ["", "Grids: `embedded_edits_grid.png` (per photo: targets row, then model row), "
-              "`embedded_cartoon_grid.png` (input / target / base / adapters).", ""]
+    lines += [
+        "",
+        "Grids: `embedded_edits_grid.png` (per photo: targets row, then model row), "
+        "`embedded_cartoon_grid.png` (input / target / base / adapters).",
+        "",
+    ]
     Path(args.out).with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
     if args.write_examples:
         files = write_examples(EXAMPLES_DIR, 192)  # the app shows them; edits resize to 64 px
-        rows = [{"image": f, "instruction": EDITS[[e.name for e in EDITS].index(shipped[i % len(shipped)])].instructions[0],
-                 "adapter": None} for i, f in enumerate(files)] if shipped else []
+        rows = (
+            [
+                {
+                    "image": f,
+                    "instruction": EDITS[[e.name for e in EDITS].index(shipped[i % len(shipped)])].instructions[0],
+                    "adapter": None,
+                }
+                for i, f in enumerate(files)
+            ]
+            if shipped
+            else []
+        )
         rows += [{"image": f, "instruction": CARTOON_INSTRUCTION, "adapter": "cartoonizer"} for f in files[:3]]
         (EXAMPLES_DIR / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"wrote {len(rows)} examples to {EXAMPLES_DIR}")

@@ -37,20 +37,37 @@ def load_pipeline(model: str | Path = BASE_DIR, adapter: str | Path | None = Non
         raise FileNotFoundError(
             f"no pipeline at {model} (model_index.json missing); the embedded one is rebuilt with `make assets`"
         )
-    pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
+        model, dtype=torch.float32, local_files_only=True
+    )
     pipe.set_progress_bar_config(disable=True)
     if adapter is not None:
         pipe.load_loca(adapter)
     return pipe
 
 
-def edit_image(pipe, image: Image.Image, instruction: str, *, resolution: int = RESOLUTION, seed: int = 0,
-               steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
-               image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE) -> Image.Image:
+def edit_image(
+    pipe,
+    image: Image.Image,
+    instruction: str,
+    *,
+    resolution: int = RESOLUTION,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE,
+) -> Image.Image:
     """Centre-crop ``image`` to a square at ``resolution`` and apply ``instruction``."""
     x = to_tensor(centre_square(image.convert("RGB"), resolution))[None]
-    out = run_edit(pipe, x, [instruction], steps=steps, guidance_scale=guidance_scale,
-                   image_guidance_scale=image_guidance_scale, seed=seed)
+    out = run_edit(
+        pipe,
+        x,
+        [instruction],
+        steps=steps,
+        guidance_scale=guidance_scale,
+        image_guidance_scale=image_guidance_scale,
+        seed=seed,
+    )
     return to_image(out[0])
 
 
@@ -70,8 +87,13 @@ def read_examples(examples_dir: str | Path = EXAMPLES_DIR) -> list[dict]:
     return rows
 
 
-def edit_grid(output: str | Path, examples_dir: str | Path = EXAMPLES_DIR, model: str | Path = BASE_DIR,
-              adapters_dir: str | Path = ADAPTERS_DIR, scale: int = 3) -> Path:
+def edit_grid(
+    output: str | Path,
+    examples_dir: str | Path = EXAMPLES_DIR,
+    model: str | Path = BASE_DIR,
+    adapters_dir: str | Path = ADAPTERS_DIR,
+    scale: int = 3,
+) -> Path:
     """One row per example: the photo, then its edit, labelled with the instruction (and adapter)."""
     rows = read_examples(examples_dir)
     base = load_pipeline(model)
@@ -104,7 +126,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--instruction", help='what to do, e.g. "make it black and white"')
     p.add_argument("--adapter", default=None, help="a LoCA adapter folder, e.g. assets/adapters/cartoonizer")
     p.add_argument("--output", default=None, help="where to save the edit (default: <image>-edited.png)")
-    p.add_argument("--model", default=str(BASE_DIR), help="InstructPix2Pix pipeline folder (default: the embedded one)")
+    p.add_argument(
+        "--model", default=str(BASE_DIR), help="InstructPix2Pix pipeline folder (default: the embedded one)"
+    )
     p.add_argument("--resolution", type=int, default=RESOLUTION)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE)
@@ -127,9 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not image_path.is_file():
         raise SystemExit(f"--image {image_path}: no such file")
     pipe = load_pipeline(args.model, args.adapter)
-    edited = edit_image(pipe, Image.open(image_path), args.instruction, resolution=args.resolution, seed=args.seed,
-                        steps=args.steps, guidance_scale=args.guidance_scale,
-                        image_guidance_scale=args.image_guidance_scale)
+    edited = edit_image(
+        pipe,
+        Image.open(image_path),
+        args.instruction,
+        resolution=args.resolution,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        image_guidance_scale=args.image_guidance_scale,
+    )
     output = Path(args.output) if args.output else image_path.with_name(image_path.stem + "-edited.png")
     edited.save(output)
     print(f"wrote {output}")

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
-from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.edits import EDITS, cartoon_targets  # noqa: E402
 from loca_diffusion.embedded.evaluate import evaluate_edits  # noqa: E402
+from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
     assemble_pipeline,
     build_scheduler,
@@ -40,8 +40,8 @@ from loca_diffusion.embedded.models import (  # noqa: E402
     build_unet,
     build_vae,
 )
-from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
 from loca_diffusion.embedded.photos import RandomCrops, held_out_views, require_photos  # noqa: E402
+from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
 WORK = Path("build/embedded")
@@ -171,17 +171,31 @@ def train_vae(args, decoder_only: bool) -> None:
         if step % args.log_every == 0:
             rate = args.log_every / (time.time() - last)
             last = time.time()
-            print(f"{stage} step {step}/{args.max_steps} loss {float(loss.detach()):.4f} "
-                  + " ".join(f"{k} {v:.4f}" for k, v in parts.items()) + f" ({rate:.2f} step/s)", flush=True)
+            print(
+                f"{stage} step {step}/{args.max_steps} loss {float(loss.detach()):.4f} "
+                + " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+                + f" ({rate:.2f} step/s)",
+                flush=True,
+            )
         if step % args.save_every == 0 or step == args.max_steps:
             vae.eval()
             score = held_out_psnr(vae)
             vae.train()
             done = step == args.max_steps
-            save_checkpoint(stage, model=vae.state_dict(), optimizer=opt.state_dict(), step=step,
-                            generator=gen.get_state(), psnr=score, done=done)
-            print(f"{stage} step {step}: held-out reconstruction PSNR {score:.2f} dB "
-                  f"({(time.time() - start) / 60:.1f} min this run){' [done]' if done else ''}", flush=True)
+            save_checkpoint(
+                stage,
+                model=vae.state_dict(),
+                optimizer=opt.state_dict(),
+                step=step,
+                generator=gen.get_state(),
+                psnr=score,
+                done=done,
+            )
+            print(
+                f"{stage} step {step}: held-out reconstruction PSNR {score:.2f} dB "
+                f"({(time.time() - start) / 60:.1f} min this run){' [done]' if done else ''}",
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,7 +265,10 @@ def train_unet(args) -> None:
     scaling = bank["scaling_factor"]
     vae.register_to_config(scaling_factor=scaling)
     tokenizer = build_clip_tokenizer(WORK / "tokenizer")
-    tokens = [tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids for e in EDITS]
+    tokens = [
+        tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
+        for e in EDITS
+    ]
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     scheduler = build_scheduler()
     n, num_edits = bank["inputs"].shape[0], len(EDITS)
@@ -294,17 +311,28 @@ def train_unet(args) -> None:
             print(f"unet step {step}/{args.max_steps} loss {float(loss.detach()):.4f} ({rate:.2f} step/s)", flush=True)
         if step % args.save_every == 0 or step == args.max_steps:
             done = step == args.max_steps
-            save_checkpoint("unet", unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
-                            ema_unet=ema_unet.state_dict(), ema_text_encoder=ema_text.state_dict(),
-                            optimizer=opt.state_dict(), generator=gen.get_state(), step=step,
-                            scaling_factor=scaling, done=done)
+            save_checkpoint(
+                "unet",
+                unet=unet.state_dict(),
+                text_encoder=text_encoder.state_dict(),
+                ema_unet=ema_unet.state_dict(),
+                ema_text_encoder=ema_text.state_dict(),
+                optimizer=opt.state_dict(),
+                generator=gen.get_state(),
+                step=step,
+                scaling_factor=scaling,
+                done=done,
+            )
             if step % args.eval_every and not done:
                 continue
             pipe = assemble_pipeline(vae, ema_text.eval(), ema_unet.eval(), WORK / "tokenizer")
             pipe.set_progress_bar_config(disable=True)
             scores = evaluate_edits(pipe, views, EDITS, steps=10)
-            print(f"unet step {step} ({(time.time() - start) / 60:.1f} min this run), held-out PSNR model/identity: "
-                  + ", ".join(f"{k} {v['psnr']:.1f}/{v['identity_psnr']:.1f}" for k, v in scores.items()), flush=True)
+            print(
+                f"unet step {step} ({(time.time() - start) / 60:.1f} min this run), held-out PSNR model/identity: "
+                + ", ".join(f"{k} {v['psnr']:.1f}/{v['identity_psnr']:.1f}" for k, v in scores.items()),
+                flush=True,
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -348,7 +376,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_every", type=int, default=25)
     p.add_argument("--save_every", type=int, default=200)
-    p.add_argument("--eval_every", type=int, default=400, help="unet: held-out edit PSNR (10 DDIM steps) every N steps")
+    p.add_argument(
+        "--eval_every", type=int, default=400, help="unet: held-out edit PSNR (10 DDIM steps) every N steps"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 was ~8x faster than 2 under load)")
     p.add_argument("--bank_crops", type=int, default=800, help="unet: training crops encoded once (x 11 images)")
     p.add_argument("--ema_decay", type=float, default=0.999)

@@ -38,11 +38,15 @@ def sepia(x: torch.Tensor) -> torch.Tensor:
 
 
 def warm(x: torch.Tensor) -> torch.Tensor:
-    return (x * torch.tensor([1.2, 1.0, 0.7]).view(1, 3, 1, 1) + torch.tensor([0.06, 0.02, 0.0]).view(1, 3, 1, 1)).clamp(0, 1)
+    return (
+        x * torch.tensor([1.2, 1.0, 0.7]).view(1, 3, 1, 1) + torch.tensor([0.06, 0.02, 0.0]).view(1, 3, 1, 1)
+    ).clamp(0, 1)
 
 
 def cool(x: torch.Tensor) -> torch.Tensor:
-    return (x * torch.tensor([0.7, 0.95, 1.2]).view(1, 3, 1, 1) + torch.tensor([0.0, 0.02, 0.06]).view(1, 3, 1, 1)).clamp(0, 1)
+    return (
+        x * torch.tensor([0.7, 0.95, 1.2]).view(1, 3, 1, 1) + torch.tensor([0.0, 0.02, 0.06]).view(1, 3, 1, 1)
+    ).clamp(0, 1)
 
 
 def more_contrast(x: torch.Tensor) -> torch.Tensor:
@@ -58,35 +62,93 @@ class Edit:
 
 
 EDITS: tuple[Edit, ...] = (
-    Edit("black_and_white", grayscale, (
-        "make it black and white", "convert to black and white", "turn the photo black and white",
-        "make it grayscale", "remove the colors", "desaturate the image", "make it a monochrome photo",
-    )),
-    Edit("invert", invert, (
-        "invert the colors", "make it a negative", "invert the image", "turn it into a photo negative",
-        "reverse the colors",
-    )),
-    Edit("brighter", brighter, (
-        "make it brighter", "brighten the photo", "increase the brightness", "lighten the image",
-        "make the picture lighter",
-    )),
-    Edit("darker", darker, (
-        "make it darker", "darken the photo", "decrease the brightness", "make the picture dimmer",
-        "lower the exposure",
-    )),
-    Edit("sepia", sepia, (
-        "apply a sepia tone", "make it sepia", "give it an old sepia look", "turn it into a sepia photograph",
-        "make it look like an old brown photo",
-    )),
-    Edit("warm", warm, (
-        "make it warmer", "give it a warm tint", "add a warm orange tone", "warm up the colors",
-    )),
-    Edit("cool", cool, (
-        "make it cooler", "give it a cool blue tint", "add a cold blue tone", "cool down the colors",
-    )),
-    Edit("more_contrast", more_contrast, (
-        "increase the contrast", "add more contrast", "make it more contrasty", "boost the contrast",
-    )),
+    Edit(
+        "black_and_white",
+        grayscale,
+        (
+            "make it black and white",
+            "convert to black and white",
+            "turn the photo black and white",
+            "make it grayscale",
+            "remove the colors",
+            "desaturate the image",
+            "make it a monochrome photo",
+        ),
+    ),
+    Edit(
+        "invert",
+        invert,
+        (
+            "invert the colors",
+            "make it a negative",
+            "invert the image",
+            "turn it into a photo negative",
+            "reverse the colors",
+        ),
+    ),
+    Edit(
+        "brighter",
+        brighter,
+        (
+            "make it brighter",
+            "brighten the photo",
+            "increase the brightness",
+            "lighten the image",
+            "make the picture lighter",
+        ),
+    ),
+    Edit(
+        "darker",
+        darker,
+        (
+            "make it darker",
+            "darken the photo",
+            "decrease the brightness",
+            "make the picture dimmer",
+            "lower the exposure",
+        ),
+    ),
+    Edit(
+        "sepia",
+        sepia,
+        (
+            "apply a sepia tone",
+            "make it sepia",
+            "give it an old sepia look",
+            "turn it into a sepia photograph",
+            "make it look like an old brown photo",
+        ),
+    ),
+    Edit(
+        "warm",
+        warm,
+        (
+            "make it warmer",
+            "give it a warm tint",
+            "add a warm orange tone",
+            "warm up the colors",
+        ),
+    ),
+    Edit(
+        "cool",
+        cool,
+        (
+            "make it cooler",
+            "give it a cool blue tint",
+            "add a cold blue tone",
+            "cool down the colors",
+        ),
+    ),
+    Edit(
+        "more_contrast",
+        more_contrast,
+        (
+            "increase the contrast",
+            "add more contrast",
+            "make it more contrasty",
+            "boost the contrast",
+        ),
+    ),
 )
 
 EDITS_BY_NAME = {e.name: e for e in EDITS}

@@ -72,8 +72,11 @@ def evaluate_edits(pipe, views: torch.Tensor, edits: Sequence[Edit], **kwargs) -
         sl = slice(i * n, (i + 1) * n)
         model, identity, vae = (mean_scores(x[sl], targets[sl]) for x in (outputs, batch, limit))
         results[e.name] = {
-            "psnr": model["psnr"], "ssim": model["ssim"],
-            "identity_psnr": identity["psnr"], "identity_ssim": identity["ssim"],
-            "vae_psnr": vae["psnr"], "vae_ssim": vae["ssim"],
+            "psnr": model["psnr"],
+            "ssim": model["ssim"],
+            "identity_psnr": identity["psnr"],
+            "identity_ssim": identity["ssim"],
+            "vae_psnr": vae["psnr"],
+            "vae_ssim": vae["ssim"],
         }
     return results

@@ -24,4 +24,3 @@ def ssim(output: torch.Tensor, target: torch.Tensor) -> float:
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(_hwc(target), _hwc(output), data_range=1.0, channel_axis=2))
-

@@ -80,7 +80,9 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def assemble_pipeline(vae, text_encoder, unet, tokenizer_dir: str | Path) -> StableDiffusionInstructPix2PixLoCAPipeline:
+def assemble_pipeline(
+    vae, text_encoder, unet, tokenizer_dir: str | Path
+) -> StableDiffusionInstructPix2PixLoCAPipeline:
     """The diffusers pipeline of the embedded model (the tokenizer is rebuilt from open_clip's vocabulary)."""
     return StableDiffusionInstructPix2PixLoCAPipeline(
         vae=vae,

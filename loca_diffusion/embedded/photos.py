@@ -58,21 +58,53 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("motorcycle_left", "skimage", "data/motorcycle_left.png", f"Middlebury stereo data set; {_SK}"),
     Photo("motorcycle_right", "skimage", "data/motorcycle_right.png", f"Middlebury stereo data set; {_SK}"),
     Photo("hubble_deep_field", "skimage", "data/hubble_deep_field.jpg", f"public domain (NASA); {_SK}"),
-    Photo("china", "sklearn", "datasets/images/china.jpg", "CC BY 2.0 (Flickr, see sklearn/datasets/images/README.txt)"),
-    Photo("flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0 (Flickr, see sklearn/datasets/images/README.txt)"),
-    Photo("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
-          "public domain (U.S. Navy); matplotlib sample data", held_out=True),
+    Photo(
+        "china", "sklearn", "datasets/images/china.jpg", "CC BY 2.0 (Flickr, see sklearn/datasets/images/README.txt)"
+    ),
+    Photo(
+        "flower", "sklearn", "datasets/images/flower.jpg", "CC BY 2.0 (Flickr, see sklearn/datasets/images/README.txt)"
+    ),
+    Photo(
+        "grace_hopper",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        "public domain (U.S. Navy); matplotlib sample data",
+        held_out=True,
+    ),
     *(
         # names must not contain "test" / "train": the datasets library splits imagefolders by file name
-        Photo(stem.replace("_test", "_sample"), "opencv-doc", f"{stem}.{ext}", _CV,
-              held_out=stem in ("fruits", "squirrel_cls", "building"))
+        Photo(
+            stem.replace("_test", "_sample"),
+            "opencv-doc",
+            f"{stem}.{ext}",
+            _CV,
+            held_out=stem in ("fruits", "squirrel_cls", "building"),
+        )
         for stem, ext in (
-            ("HappyFish", "jpg"), ("aero1", "jpg"), ("aero3", "jpg"), ("aloeL", "jpg"), ("apple", "jpg"),
-            ("baboon", "jpg"), ("board", "jpg"), ("building", "jpg"), ("butterfly", "jpg"),
-            ("ela_original", "jpg"), ("fruits", "jpg"), ("graf1", "png"), ("home", "jpg"), ("leuvenA", "jpg"),
-            ("messi5", "jpg"), ("orange", "jpg"), ("pca_test1", "jpg"), ("rubberwhale1", "png"),
-            ("smarties", "png"), ("squirrel_cls", "jpg"), ("stuff", "jpg"), ("Blender_Suzanne1", "jpg"),
-            ("licenseplate_motion", "jpg"), ("left", "jpg"),
+            ("HappyFish", "jpg"),
+            ("aero1", "jpg"),
+            ("aero3", "jpg"),
+            ("aloeL", "jpg"),
+            ("apple", "jpg"),
+            ("baboon", "jpg"),
+            ("board", "jpg"),
+            ("building", "jpg"),
+            ("butterfly", "jpg"),
+            ("ela_original", "jpg"),
+            ("fruits", "jpg"),
+            ("graf1", "png"),
+            ("home", "jpg"),
+            ("leuvenA", "jpg"),
+            ("messi5", "jpg"),
+            ("orange", "jpg"),
+            ("pca_test1", "jpg"),
+            ("rubberwhale1", "png"),
+            ("smarties", "png"),
+            ("squirrel_cls", "jpg"),
+            ("stuff", "jpg"),
+            ("Blender_Suzanne1", "jpg"),
+            ("licenseplate_motion", "jpg"),
+            ("left", "jpg"),
         )
     ),
 )
@@ -88,8 +120,7 @@ def require_photos(held_out: bool | None = None) -> list[Photo]:
     missing = sorted({p.source for p in PHOTOS if p.file() is None and (held_out is None or p.held_out == held_out)})
     if missing:
         raise FileNotFoundError(
-            "photos of the embedded set are missing from: "
-            + ", ".join(f"{s} ({_INSTALL[s]})" for s in missing)
+            "photos of the embedded set are missing from: " + ", ".join(f"{s} ({_INSTALL[s]})" for s in missing)
         )
     return available_photos(held_out)
 
@@ -147,7 +178,9 @@ class RandomCrops:
             top = int(torch.randint(h - s + 1, (1,), generator=generator))
             left = int(torch.randint(w - s + 1, (1,), generator=generator))
             crop = img[None, :, top : top + s, left : left + s]
-            crop = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            crop = F.interpolate(
+                crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
             if float(torch.rand(1, generator=generator)) < 0.5:
                 crop = crop.flip(-1)
             out.append(crop[0])
@@ -187,8 +220,10 @@ def write_examples(out_dir: str | Path, size: int) -> list[str]:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m loca_diffusion.embedded.photos",
-                                     description="Write random training crops of the embedded photo set.")
+    parser = argparse.ArgumentParser(
+        prog="python -m loca_diffusion.embedded.photos",
+        description="Write random training crops of the embedded photo set.",
+    )
     parser.add_argument("--crops_dir", required=True)
     parser.add_argument("--per_photo", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
