@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from .embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION
 from .embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS, run_edit
 from .embedded.photos import centre_square, to_image, to_tensor
+from .images import load_rgb
 
 __all__ = ["load_pipeline", "edit_image", "edit_grid", "main"]
 
@@ -58,7 +59,7 @@ def edit_image(
     image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE,
 ) -> Image.Image:
     """Centre-crop ``image`` to a square at ``resolution`` and apply ``instruction``."""
-    x = to_tensor(centre_square(image.convert("RGB"), resolution))[None]
+    x = to_tensor(centre_square(load_rgb(image), resolution))[None]
     out = run_edit(
         pipe,
         x,
@@ -99,7 +100,7 @@ def edit_grid(
     base = load_pipeline(model)
     tiles = []
     for row in rows:
-        photo = Image.open(Path(examples_dir) / row["image"])
+        photo = load_rgb(Path(examples_dir) / row["image"])
         if row["adapter"]:
             base.load_loca(Path(adapters_dir) / row["adapter"], adapter_name="grid")
         edited = edit_image(base, photo, row["instruction"])
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipe = load_pipeline(args.model, args.adapter)
     edited = edit_image(
         pipe,
-        Image.open(image_path),
+        load_rgb(image_path),
         args.instruction,
         resolution=args.resolution,
         seed=args.seed,

@@ -87,3 +87,24 @@ def test_edit_cli_runs_offline(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(out).size == (RESOLUTION, RESOLUTION)
+
+
+def test_edit_reads_16_bit_and_exif_rotated_photos_as_the_picture_they_show(pipe, tmp_path):
+    from loca_diffusion.edit import edit_image
+
+    grey = Image.open(EXAMPLES_DIR / HELD_OUT[0]).convert("L")
+    values = np.asarray(grey, dtype=np.uint16)
+    Image.fromarray(values * 257).save(tmp_path / "sixteen.png")  # 'I;16': 257 * v maps back to v exactly
+    sideways = tmp_path / "sideways.jpg"
+    colour = Image.open(EXAMPLES_DIR / HELD_OUT[1]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    colour.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif, quality=100)
+    upright = tmp_path / "upright.jpg"
+    colour.save(upright, quality=100)
+
+    reference = np.asarray(edit_image(pipe, grey.convert("RGB"), "make it darker"))
+    assert np.array_equal(np.asarray(edit_image(pipe, Image.open(tmp_path / "sixteen.png"), "make it darker")), reference)
+    rotated = np.asarray(edit_image(pipe, Image.open(sideways), "make it darker"), dtype=float)
+    straight = np.asarray(edit_image(pipe, Image.open(upright), "make it darker"), dtype=float)
+    assert np.abs(rotated - straight).mean() < 3  # JPEG re-encoding of a rotated image differs slightly
