@@ -104,7 +104,8 @@ def test_edit_reads_16_bit_and_exif_rotated_photos_as_the_picture_they_show(pipe
     colour.save(upright, quality=100)
 
     reference = np.asarray(edit_image(pipe, grey.convert("RGB"), "make it darker"))
-    assert np.array_equal(np.asarray(edit_image(pipe, Image.open(tmp_path / "sixteen.png"), "make it darker")), reference)
+    sixteen = edit_image(pipe, Image.open(tmp_path / "sixteen.png"), "make it darker")
+    assert np.array_equal(np.asarray(sixteen), reference)
     rotated = np.asarray(edit_image(pipe, Image.open(sideways), "make it darker"), dtype=float)
     straight = np.asarray(edit_image(pipe, Image.open(upright), "make it darker"), dtype=float)
     assert np.abs(rotated - straight).mean() < 3  # JPEG re-encoding of a rotated image differs slightly
