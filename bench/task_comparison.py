@@ -44,9 +44,9 @@ TASKS = {
         script="text_classification_loca.py",
         title="MiniLM-L6 (22.7M) on BBC News topic classification (5 classes)",
         args=(
-            "--model_name_or_path offline:minilm --dataset_name offline:bbc-news --max_length 48 "
-            "--max_train_samples 640 --max_eval_samples 150 --per_device_train_batch_size 16 --max_train_steps 40 "
-            "--location_training_steps 20 --n_frequency 1536 --head_learning_rate 1e-2 --lr_scheduler_type linear "
+            "--model_name_or_path offline:minilm --dataset_name offline:bbc-news --max_length 32 "
+            "--max_train_samples 480 --max_eval_samples 150 --per_device_train_batch_size 16 --max_train_steps 30 "
+            "--location_training_steps 15 --n_frequency 1536 --head_learning_rate 1e-2 --lr_scheduler_type linear "
             + LOCA_SCHEDULE
         ).split(),
         metric="eval_accuracy",
@@ -96,6 +96,8 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
     done = out / "all_results.json"
     if done.is_file():  # resumable: a finished run is not repeated
         return json.loads(done.read_text())
+    if FINISHED_ONLY:
+        return None
     args = list(task["args"]) + ["--seed", str(seed), "--output_dir", str(out), "--report_to", "none"]
     if adapter == "frozen":  # the base model as it is: no step, but the same evaluation
         args += ["--adapter", "lora", "--max_train_steps", "0", "--learning_rate", "0"]
@@ -123,12 +125,16 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 
 JOBS = 1  # runs at once (--jobs): independent processes, one torch thread each
+FINISHED_ONLY = False  # --finished_only: tabulate the runs that exist, start none
+SEEDS = 3
 
 
 def prefetch(jobs: list[tuple]) -> None:
     """Run ``run_one(*job)`` for all ``jobs``, ``JOBS`` at a time; later calls find them cached."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if FINISHED_ONLY:
+        return
     with ThreadPoolExecutor(max_workers=JOBS) as pool:
         for future in [pool.submit(run_one, *job) for job in jobs]:
             future.result()
@@ -141,6 +147,9 @@ def search_lr(name: str, adapter: str) -> tuple[float, dict]:
     if len(candidates) == 1:  # nothing to choose, no selection run
         return candidates[0], {}
     search = {lr: run_one(task, adapter, lr, 0, [], f"{name}/{adapter}-lr{lr:g}-s0") for lr in candidates}
+    search = {lr: r for lr, r in search.items() if r is not None}
+    if len(search) < len(candidates):
+        return None, search  # the selection is not finished
     return max(search, key=lambda lr: search[lr][task["metric"]]), search
 
 
@@ -164,13 +173,26 @@ def compare(name: str, seeds: int) -> dict:
         ]
     )
     best = {a: search_lr(name, a)[0] for a in task["lrs"]}
-    prefetch([(task, a, lr, s, [], f"{name}/{a}-lr{lr:g}-s{s}") for a, lr in best.items() for s in seed_range])
+    prefetch(
+        [
+            (task, a, lr, s, [], f"{name}/{a}-lr{lr:g}-s{s}")
+            for a, lr in best.items()
+            if lr is not None
+            for s in seed_range
+        ]
+    )
     for label, adapter in sorted(task["methods"].items(), key=lambda item: item[1] != "loca"):  # LoCA's lr first
         best, search = search_lr(name, adapter)
-        runs = [run_one(task, adapter, best, s, [], f"{name}/{adapter}-lr{best:g}-s{s}") for s in range(1, seeds + 1)]
+        runs = (
+            [run_one(task, adapter, best, s, [], f"{name}/{adapter}-lr{best:g}-s{s}") for s in seed_range]
+            if best
+            else []
+        )
+        runs = [r for r in runs if r is not None]
         search = {f"{k:g}": v[metric] for k, v in search.items()}
         rows[label] = dict(adapter=adapter, lr=best, search=search, runs=runs)
-        print(f"{label}: lr {best:g}, {metric} {summary([r[metric] for r in runs])}", flush=True)
+        if runs:
+            print(f"{label}: lr {best:g}, {metric} {summary([r[metric] for r in runs])}", flush=True)
     return rows
 
 
@@ -196,8 +218,10 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
             )
             for s in range(1, seeds + 1)
         ]
+        runs = [r for r in runs if r is not None]
         rows[label] = dict(adapter="loca", lr=lr, extra=extra, runs=runs)
-        print(f"{label}: {summary([r[task['metric']] for r in runs])}", flush=True)
+        if runs:
+            print(f"{label}: {summary([r[task['metric']] for r in runs])}", flush=True)
     return rows
 
 
@@ -208,10 +232,13 @@ def table(rows: dict, metrics: list[str]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in rows.items():
         runs = row["runs"]
+        if not runs:
+            lines.append(f"| {label} | " + " | ".join(["not run yet"] * (len(head) - 1)) + " |")
+            continue
         cells = [label, f"{row['lr']:g}", f"{runs[0]['trainable_parameters']:,}"]
         for m in metrics:
             mean, std = summary([r[m] for r in runs])
-            cells.append(f"{mean:.4f} ± {std:.4f}")
+            cells.append(f"{mean:.4f} ± {std:.4f}" + (f" (n={len(runs)})" if len(runs) != SEEDS else ""))
         cells += [
             f"{summary([r['train_seconds'] for r in runs])[0]:.1f}",
             f"{max(r['peak_rss_mib'] for r in runs):.0f}",
@@ -225,9 +252,10 @@ def main() -> None:
     p.add_argument("task", choices=[*TASKS, *[f"{t}-ablation" for t in TASKS]])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="Runs at once (each one torch thread).")
+    p.add_argument("--finished_only", action="store_true", help="Tabulate the finished runs; start none.")
     args = p.parse_args()
-    global JOBS
-    JOBS = args.jobs
+    global JOBS, FINISHED_ONLY, SEEDS
+    JOBS, FINISHED_ONLY, SEEDS = args.jobs, args.finished_only, args.seeds
     import torch
 
     torch.set_num_threads(1)
@@ -236,6 +264,8 @@ def main() -> None:
     metrics = [task["metric"], "eval_loss"] + (["eval_macro_f1"] if task["metric"] == "eval_accuracy" else [])
     if args.task.endswith("-ablation"):
         lr = search_lr(name, "loca")[0]  # the comparison's choice (same cached seed-0 runs)
+        if lr is None:
+            sys.exit("LoCA's lr selection runs are not finished: run the comparison first")
         rows = ablate(name, args.seeds, lr)
         title = f"Table 5 ablations: {task['title']} (LoCA lr {lr:g})"
     else:
