@@ -212,6 +212,10 @@ def load_text_classification(args) -> tuple[dict, dict, list[str]]:
         names = data["train"]["classes"]
         train, validation = ({"text": data[s]["text"], "label": data[s]["label"]} for s in ("train", "validation"))
     else:
+        if args.task_name == "stsb":
+            raise ValueError("--task_name stsb is a regression task; this script trains classifiers")
+        if args.task_name and args.task_name not in GLUE_TEXT_COLUMNS:
+            raise ValueError(f"--task_name {args.task_name!r} is not a GLUE task; known: {sorted(GLUE_TEXT_COLUMNS)}")
         name, config = (
             ("nyu-mll/glue", args.task_name) if args.task_name else (args.dataset_name, args.dataset_config_name)
         )
