@@ -584,3 +584,14 @@ def test_read_idx_round_trip_and_errors(tmp_path):
     (tmp_path / "c").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="magic"):
         read_idx(tmp_path / "c")
+
+
+@pytest.mark.parametrize("task, message", [("stsb", "regression"), ("sst3", "not a GLUE task")])
+def test_glue_task_names_are_checked_before_any_download(task, message):
+    import argparse
+
+    from loca_diffusion.task_data import load_text_classification
+
+    args = argparse.Namespace(train_dir=None, train_file=None, dataset_name=None, task_name=task)
+    with pytest.raises(ValueError, match=message):
+        load_text_classification(args)
