@@ -98,6 +98,10 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         return json.loads(done.read_text())
     if FINISHED_ONLY:
         return None
+    while out.is_dir() and time.time() - out.stat().st_mtime < 1800 and not done.is_file():
+        time.sleep(20)  # another driver (e.g. the ablation beside the comparison) is running it right now
+    if done.is_file():
+        return json.loads(done.read_text())
     args = list(task["args"]) + ["--seed", str(seed), "--output_dir", str(out), "--report_to", "none"]
     if adapter == "frozen":  # the base model as it is: no step, but the same evaluation
         args += ["--adapter", "lora", "--max_train_steps", "0", "--learning_rate", "0"]
@@ -203,9 +207,9 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
     def tag(extra: list[str], s: int) -> str:
         return f"{name}/loca-lr{lr:g}-s{s}" if not extra else f"{name}-ablation/{'-'.join(extra[1::2])}-s{s}"
 
-    prefetch(
-        [(task, "loca", lr, s, extra, tag(extra, s)) for extra in ABLATIONS.values() for s in range(1, seeds + 1)]
-    )
+    # the variants first: the unchanged LoCA runs are the comparison's, probably finished meanwhile
+    order = sorted(ABLATIONS.values(), key=lambda extra: not extra)
+    prefetch([(task, "loca", lr, s, extra, tag(extra, s)) for extra in order for s in range(1, seeds + 1)])
     for label, extra in ABLATIONS.items():
         runs = [
             run_one(
