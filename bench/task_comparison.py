@@ -55,11 +55,11 @@ TASKS = {
     ),
     "vit": dict(
         script="image_classification_loca.py",
-        title="ViT-S/14 (DINOv2 layout, 22M) on Fashion-MNIST (800 training / 200 test images at 56 px)",
+        title="ViT-S/14 (DINOv2 layout, 22M) on Fashion-MNIST (640 training / 200 test images at 56 px)",
         args=(
             "--model_name_or_path offline:vit-s14 --dataset_name offline:fashion-mnist --resolution 56 "
-            "--max_train_samples 800 --max_eval_samples 200 --per_device_train_batch_size 16 --max_train_steps 60 "
-            "--location_training_steps 30 --n_frequency 768 --head_learning_rate 3e-3 --lr_scheduler_type linear "
+            "--max_train_samples 640 --max_eval_samples 200 --per_device_train_batch_size 16 --max_train_steps 40 "
+            "--location_training_steps 20 --n_frequency 768 --head_learning_rate 3e-3 --lr_scheduler_type linear "
             + LOCA_SCHEDULE
         ).split(),
         metric="eval_accuracy",
