@@ -146,6 +146,25 @@ def _holdout(n: int, labels: Sequence[int], every: int = 5) -> np.ndarray:
     return mask
 
 
+def _class_folder_splits(
+    read, train_dir: str, validation_dir: Optional[str], key: str
+) -> tuple[dict, dict, list[str]]:
+    """Train and validation splits of a folder-per-class corpus (``read(folder) -> (items, labels, classes)``):
+    ``validation_dir`` with the same classes, or a balanced 1-in-5 holdout of ``train_dir``."""
+    items, labels, names = read(train_dir)
+    if validation_dir:
+        v_items, v_labels, v_names = read(validation_dir)
+        if v_names != names:
+            raise ValueError(f"{validation_dir}: classes {v_names} differ from {train_dir}: {names}")
+        return {key: items, "label": labels}, {key: v_items, "label": v_labels}, names
+    mask = _holdout(len(items), labels)
+    split = [
+        {key: [x for x, m in zip(items, mask) if m == held], "label": [y for y, m in zip(labels, mask) if m == held]}
+        for held in (False, True)
+    ]
+    return split[0], split[1], names
+
+
 def _take(split: dict, limit: Optional[int], seed: int) -> dict:
     """At most ``limit`` examples, a fixed random subset (``seed``), in their original order."""
     n = len(next(v for k, v in split.items() if k != "classes"))
@@ -173,22 +192,9 @@ def load_text_classification(args) -> tuple[dict, dict, list[str]]:
 
     pair = None
     if args.train_dir:
-        texts, labels, names = read_class_folders(args.train_dir)
-        if args.validation_dir:
-            v_texts, v_labels, v_names = read_class_folders(args.validation_dir)
-            if v_names != names:
-                raise ValueError(f"{args.validation_dir}: classes {v_names} differ from {args.train_dir}: {names}")
-            train, validation = {"text": texts, "label": labels}, {"text": v_texts, "label": v_labels}
-        else:
-            mask = _holdout(len(texts), labels)
-            train = {
-                "text": [t for t, m in zip(texts, mask) if not m],
-                "label": [l_ for l_, m in zip(labels, mask) if not m],
-            }
-            validation = {
-                "text": [t for t, m in zip(texts, mask) if m],
-                "label": [l_ for l_, m in zip(labels, mask) if m],
-            }
+        train, validation, names = _class_folder_splits(
+            read_class_folders, args.train_dir, args.validation_dir, "text"
+        )
     elif args.train_file:
         if not args.validation_file:
             raise ValueError("--train_file needs --validation_file")
@@ -300,16 +306,9 @@ def load_image_classification(args) -> tuple[dict, dict, list[str]]:
     from .offline.data import fashion_mnist
 
     if args.train_dir:
-        images, labels, names = _read_imagefolder(args.train_dir)
-        if args.validation_dir:
-            v_images, v_labels, v_names = _read_imagefolder(args.validation_dir)
-            if v_names != names:
-                raise ValueError(f"{args.validation_dir}: classes {v_names} differ from {args.train_dir}: {names}")
-        else:
-            mask = _holdout(len(images), labels)
-            v_images, v_labels = [x for x, m in zip(images, mask) if m], [y for y, m in zip(labels, mask) if m]
-            images, labels = [x for x, m in zip(images, mask) if not m], [y for y, m in zip(labels, mask) if not m]
-        train, validation = {"image": images, "label": labels}, {"image": v_images, "label": v_labels}
+        train, validation, names = _class_folder_splits(
+            _read_imagefolder, args.train_dir, args.validation_dir, "image"
+        )
     elif args.idx_dir or args.dataset_name == "offline:fashion-mnist":
         x, y, names = fashion_mnist("train", args.idx_dir)
         vx, vy, _ = fashion_mnist("validation", args.idx_dir)
