@@ -12,7 +12,8 @@ adapter gets the same budget of two candidate lrs a decade apart around its usua
 and judged on the evaluation split; the better one is then run with seeds 1..N (fresh seeds: the reported
 numbers exclude the selection run, but the lr was chosen on the same split, which favours every method alike).
 The head-only runs have nothing to search. The ablation reuses LoCA's chosen lr. Wall time is the training loop
-(``train_seconds``, inflated alike for all methods when the machine is shared), memory the process's peak RSS
+(``train_seconds``; on a shared machine it also counts other people's work, unevenly over the runs), CPU time
+the training loop's process CPU time (the fairer cost on a shared machine), memory the process's peak RSS
 (model, data and optimizer included).
 Results: ``bench/results/<task>.json`` and ``.md`` (machine info from ``bench/machine.py``).
 """
@@ -229,9 +230,18 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
     return rows
 
 
+def cpu_cell(values: list) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "not recorded"
+    return f"{statistics.mean(known):.1f}" + (f" (n={len(known)})" if len(known) != len(values) else "")
+
+
 def table(rows: dict, metrics: list[str]) -> list[str]:
     head = (
-        ["method", "lr", "trainable params"] + [f"{m} (mean ± std)" for m in metrics] + ["train s/run", "peak RSS MiB"]
+        ["method", "lr", "trainable params"]
+        + [f"{m} (mean ± std)" for m in metrics]
+        + ["train wall s/run", "train CPU s/run", "peak RSS MiB"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in rows.items():
@@ -245,6 +255,7 @@ def table(rows: dict, metrics: list[str]) -> list[str]:
             cells.append(f"{mean:.4f} ± {std:.4f}" + (f" (n={len(runs)})" if len(runs) != SEEDS else ""))
         cells += [
             f"{summary([r['train_seconds'] for r in runs])[0]:.1f}",
+            cpu_cell([r.get("train_cpu_seconds") for r in runs]),
             f"{max(r['peak_rss_mib'] for r in runs):.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -279,6 +279,7 @@ class TrainOutput:
     global_step: int
     train_seconds: float
     last_loss: float
+    train_cpu_seconds: float = float("nan")
 
 
 def train(
@@ -345,7 +346,9 @@ def train(
     progress = tqdm(
         range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    start, loss_value, finished = time.perf_counter(), float("nan"), global_step >= max_train_steps
+    # CPU time next to wall time: on a shared machine the wall time also counts other people's work
+    start, cpu_start = time.perf_counter(), time.process_time()
+    loss_value, finished = float("nan"), global_step >= max_train_steps
     for epoch in range(first_epoch, num_epochs):
         if finished:
             break
@@ -392,7 +395,8 @@ def train(
             if global_step >= max_train_steps:
                 finished = True
                 break
-    return TrainOutput(model, eval_dataloader, global_step, time.perf_counter() - start, loss_value)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return TrainOutput(model, eval_dataloader, global_step, wall, loss_value, cpu)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -508,6 +512,7 @@ def save_outputs(
         trainable_parameters=n_trainable,
         train_steps=output.global_step,
         train_seconds=round(output.train_seconds, 3),
+        train_cpu_seconds=round(output.train_cpu_seconds, 3),
         train_loss=output.last_loss,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
