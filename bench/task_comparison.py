@@ -145,6 +145,12 @@ def prefetch(jobs: list[tuple]) -> None:
             future.result()
 
 
+def all_finished(name: str, adapter: str) -> bool:
+    """Whether every selection run of ``adapter`` has finished (without starting any)."""
+    lrs = TASKS[name]["lrs"][adapter]
+    return len(lrs) > 1 and all((WORK / f"{name}/{adapter}-lr{lr:g}-s0" / "all_results.json").is_file() for lr in lrs)
+
+
 def search_lr(name: str, adapter: str) -> tuple[float, dict]:
     """The best of ``adapter``'s candidate lrs by the task's metric, each tried with seed 0 (cached runs)."""
     task = TASKS[name]
@@ -163,20 +169,16 @@ def compare(name: str, seeds: int) -> dict:
     metric = task["metric"]
     rows = {}
     seed_range = range(1, seeds + 1)
-    prefetch(
-        [
-            (task, a, lr, 0, [], f"{name}/{a}-lr{lr:g}-s0")
-            for a in task["lrs"]
-            for lr in task["lrs"][a]
-            if len(task["lrs"][a]) > 1
-        ]
-        + [
-            (task, a, task["lrs"][a][0], s, [], f"{name}/{a}-lr{task['lrs'][a][0]:g}-s{s}")
-            for a in task["lrs"]
-            if len(task["lrs"][a]) == 1
-            for s in seed_range
-        ]
-    )
+
+    def seed_jobs(adapter: str, lr: float) -> list[tuple]:
+        return [(task, adapter, lr, s, [], f"{name}/{adapter}-lr{lr:g}-s{s}") for s in seed_range]
+
+    selection = [(task, a, lr, 0, [], f"{name}/{a}-lr{lr:g}-s0") for a, lrs in task["lrs"].items() for lr in lrs]
+    selection = [job for job, lrs in zip(selection, [task["lrs"][job[1]] for job in selection]) if len(lrs) > 1]
+    unsearched = [job for a, lrs in task["lrs"].items() if len(lrs) == 1 for job in seed_jobs(a, lrs[0])]
+    # adapters whose selection already finished (a resumed run) go on at once, beside the others' selection
+    ready = [job for a in task["lrs"] if all_finished(name, a) for job in seed_jobs(a, search_lr(name, a)[0])]
+    prefetch(selection + unsearched + ready)
     best = {a: search_lr(name, a)[0] for a in task["lrs"]}
     prefetch(
         [
