@@ -316,7 +316,11 @@ def main() -> None:
         machine_line(info),
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    md = out.with_suffix(".md")
+    previous = md.read_text() if md.is_file() else ""
+    if "\n## Reading" in previous:  # the hand-written reading of the numbers survives a re-run (check it!)
+        lines += ["## Reading" + previous.split("\n## Reading", 1)[1].rstrip(), ""]
+    md.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
