@@ -248,7 +248,8 @@ def table(rows: dict, metrics: list[str]) -> list[str]:
         if not runs:
             lines.append(f"| {label} | " + " | ".join(["not run yet"] * (len(head) - 1)) + " |")
             continue
-        params = 0 if row["adapter"] == "frozen" else runs[0]["trainable_parameters"]  # (its 0-step LoRA is the identity)
+        # the untrained row runs a 0-step LoRA (the identity): it trains nothing
+        params = 0 if row["adapter"] == "frozen" else runs[0]["trainable_parameters"]
         cells = [label, f"{row['lr']:g}", f"{params:,}"]
         for m in metrics:
             mean, std = summary([r[m] for r in runs])
