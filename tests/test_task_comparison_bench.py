@@ -1,0 +1,61 @@
+"""bench/task_comparison.py's bookkeeping on made-up finished runs (no training): the lr chosen with seed 0,
+the fresh seeds' mean and std, partial results marked, and the ablation reusing LoCA's choice."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from bench import task_comparison as bench
+
+
+@pytest.fixture
+def finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    monkeypatch.setattr(bench, "FINISHED_ONLY", True)
+
+    def write(tag: str, accuracy: float) -> None:
+        (tmp_path / tag).mkdir(parents=True)
+        result = dict(
+            eval_accuracy=accuracy,
+            eval_loss=1 - accuracy,
+            eval_macro_f1=accuracy,
+            trainable_parameters=7,
+            train_seconds=2.0,
+            peak_rss_mib=100.0,
+        )
+        (tmp_path / tag / "all_results.json").write_text(json.dumps(result))
+
+    return write
+
+
+def test_comparison_picks_the_lr_by_seed_0_and_reports_fresh_seeds(finished):
+    finished("minilm/loca-lr0.003-s0", 0.5)
+    finished("minilm/loca-lr0.03-s0", 0.9)  # the better candidate
+    for seed, accuracy in ((1, 0.8), (2, 0.9), (3, 0.7)):
+        finished(f"minilm/loca-lr0.03-s{seed}", accuracy)
+        finished(f"minilm/loca-lr0.003-s{seed}", 0.1)  # not the chosen lr: ignored
+    finished("minilm/none-lr0.01-s1", 0.6)  # head only: no search; one seed of three finished
+
+    rows = bench.compare("minilm", seeds=3)
+    assert rows["LoCA"]["lr"] == 0.03 and rows["LoCA"]["search"] == {"0.003": 0.5, "0.03": 0.9}
+    assert [r["eval_accuracy"] for r in rows["LoCA"]["runs"]] == [0.8, 0.9, 0.7]
+    assert rows["FourierFT"]["runs"] == [] and rows["FourierFT"]["lr"] is None
+
+    lines = bench.table(rows, ["eval_accuracy"])
+    loca = next(line for line in lines if line.startswith("| LoCA"))
+    assert f"{statistics.mean([0.8, 0.9, 0.7]):.4f} ± {statistics.stdev([0.8, 0.9, 0.7]):.4f}" in loca
+    assert "(n=1)" in next(line for line in lines if line.startswith("| head only"))
+    assert "not run yet" in next(line for line in lines if line.startswith("| LoRA"))
+
+
+def test_ablation_reuses_the_comparison_runs(finished):
+    for seed in (1, 2, 3):
+        finished(f"minilm/loca-lr0.03-s{seed}", 0.8)
+        finished(f"minilm-ablation/fixed-s{seed}", 0.7)
+    rows = bench.ablate("minilm", seeds=3, lr=0.03)
+    assert [r["eval_accuracy"] for r in rows["LoCA (alternating, central differences)"]["runs"]] == [0.8] * 3
+    assert [r["eval_accuracy"] for r in rows["V1: fixed random locations"]["runs"]] == [0.7] * 3
+    assert rows["V3: joint (both every step until T_s)"]["runs"] == []
