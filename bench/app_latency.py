@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from app.app import parse_args, start_settings  # noqa: E402
 from app.engine import DEFAULT_ADAPTERS_DIR, EditEngine  # noqa: E402
 from app.examples import load_examples  # noqa: E402
 from bench.machine import machine_info, machine_line  # noqa: E402
@@ -66,7 +67,9 @@ def _synthetic_adapters(engine: EditEngine, folder: Path) -> str:
     return str(folder)
 
 
-def startup(image: str, adapters_dir: str | None, steps: int, timeout: float = 600.0) -> dict:
+def startup(
+    image: str, adapters_dir: str | None, steps: int, guidance: tuple[float, float], timeout: float = 600.0
+) -> dict:
     """Seconds from starting ``python app/app.py`` until the page answers and until the first edit returns."""
     import httpx
     from gradio_client import Client, handle_file
@@ -93,7 +96,7 @@ def startup(image: str, adapters_dir: str | None, steps: int, timeout: float = 6
             time.sleep(0.2)
         ready = time.perf_counter() - start
         client = Client(url, verbose=False)
-        args = (handle_file(image), "make it a cartoon", steps, 7.5, 1.5, 0, False, False, "none", 1.0, "none", 0.5)
+        args = (handle_file(image), "make it a cartoon", steps, *guidance, 0, False, False, "none", 1.0, "none", 0.5)
         client.predict(*args, False, api_name="/edit")
         first = time.perf_counter() - start
         http_edits = []
@@ -112,7 +115,9 @@ def startup(image: str, adapters_dir: str | None, steps: int, timeout: float = 6
         server.wait(timeout=30)
 
 
-def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, dict[str, list[float]]]:
+def edits(
+    engine: EditEngine, image, repeats: int, steps: int, guidance: tuple[float, float]
+) -> dict[str, dict[str, list[float]]]:
     """Wall and CPU seconds of each timed edit, per adapter setting; switching happens untimed before each edit."""
     a, b = engine.adapters[:2]
     settings = {
@@ -123,7 +128,14 @@ def edits(engine: EditEngine, image, repeats: int, steps: int) -> dict[str, dict
         f"{a} x0.5 + {b} x0.5 (unfused)": (((a, 0.5), (b, 0.5)), True),
     }
     requests = {
-        name: engine.request("make it a cartoon", steps=steps, adapters=mix) for name, (mix, _) in settings.items()
+        name: engine.request(
+            "make it a cartoon",
+            steps=steps,
+            guidance_scale=guidance[0],
+            image_guidance_scale=guidance[1],
+            adapters=mix,
+        )
+        for name, (mix, _) in settings.items()
     }
     times = {"wall": {name: [] for name in settings}, "cpu": {name: [] for name in settings}}
     for repeat in range(repeats + 1):  # the first round warms up
@@ -212,7 +224,8 @@ def write(results: dict, json_path: Path) -> None:
         f"Command: `{results['command']}`",
         "",
         f"Model: {results['model']}; adapters: {results['adapters']}. Edits at the app's defaults: {results['steps']} "
-        f"steps, text guidance 7.5, image guidance 1.5, input {results['image_size']} px (the model's native size). "
+        f"steps, text guidance {results['guidance'][0]:g}, image guidance {results['guidance'][1]:g}, "
+        f"input {results['image_size']} px (the model's native size). "
         f"One torch thread. Edits: median of {results['repeats']} round-robin repetitions after one warm-up round; "
         f"switches: median of {results['switch_count']} calls. Load average: {results['load_average']}.",
         "",
@@ -274,6 +287,9 @@ def main(argv=None) -> dict:
     steps = 2 if args.quick else STEPS
     torch.set_num_threads(1)
 
+    # the guidance the app's controls start at for this model (python app/app.py with no options)
+    settings = start_settings(parse_args([]))
+    guidance = (settings.guidance_scale, settings.image_guidance_scale)
     wall = time.perf_counter()
     engine = EditEngine.load(None, adapters_dir=DEFAULT_ADAPTERS_DIR if DEFAULT_ADAPTERS_DIR.is_dir() else None)
     temporary = None
@@ -293,11 +309,12 @@ def main(argv=None) -> dict:
         "model": engine.base_label,
         "adapters": adapters_note,
         "steps": steps,
+        "guidance": guidance,
         "image_size": "x".join(map(str, image.size)),
         "repeats": repeats,
         "switch_count": switch_count,
     }
-    timed = edits(engine, image, repeats, steps)
+    timed = edits(engine, image, repeats, steps, guidance)
     for clock in ("wall", "cpu"):
         suffix = "" if clock == "wall" else "_cpu"
         results[f"edits{suffix}_s"] = {name: statistics.median(v) for name, v in timed[clock].items()}
@@ -306,7 +323,7 @@ def main(argv=None) -> dict:
     results["unet_forward_cpu_s"] = unet_forwards(engine, image, results["unet_forwards"])
     switched = switches(engine, switch_count)
     results["switch_s"], results["switch_cpu_s"] = switched["wall"], switched["cpu"]
-    results["startup"] = startup(example, adapters_dir, steps)
+    results["startup"] = startup(example, adapters_dir, steps, guidance)
     results["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     results["wall_s"] = time.perf_counter() - wall
     write(results, args.json)
