@@ -27,6 +27,7 @@ from .training import (
     ADAPTERS,
     build_adapter_config,
     count_moved_locations,
+    epoch_batches,
     location_snapshot,
     trainable_parameter_count,
 )
@@ -353,11 +354,10 @@ def train(
         if finished:
             break
         model.train()
-        train_dataloader.set_epoch(epoch)
-        skip = (
-            (global_step - epoch * updates_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
-        )
-        loader = accelerator.skip_first_batches(train_dataloader, skip) if skip > 0 else train_dataloader
+        loader = epoch_batches(
+            accelerator, train_dataloader, epoch, first_epoch, global_step, updates_per_epoch,
+            args.gradient_accumulation_steps,
+        )  # fmt: skip
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = compute_loss(model, batch)

@@ -255,6 +255,22 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
+def epoch_batches(
+    accelerator,
+    train_dataloader,
+    epoch: int,
+    first_epoch: int,
+    global_step: int,
+    updates_per_epoch: int,
+    gradient_accumulation_steps: int,
+):
+    """The batches of ``epoch`` still to train: on the epoch a run resumes in, the ones the checkpointed run
+    already consumed are skipped (exact mid-epoch resume)."""
+    train_dataloader.set_epoch(epoch)
+    skip = (global_step - epoch * updates_per_epoch) * gradient_accumulation_steps if epoch == first_epoch else 0
+    return accelerator.skip_first_batches(train_dataloader, skip) if skip > 0 else train_dataloader
+
+
 def save_checkpoint(
     accelerator, output_dir: str | Path, step: int, adapter: str, total_limit: Optional[int] = None
 ) -> Path:

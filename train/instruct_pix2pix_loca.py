@@ -57,6 +57,7 @@ from loca_diffusion.training import (
     complete_checkpoints,
     conditioning_dropout,
     count_moved_locations,
+    epoch_batches,
     latest_checkpoint,
     location_snapshot,
     register_checkpoint_hooks,
@@ -658,11 +659,10 @@ def main(argv=None) -> None:
         if finished:
             break
         unet.train()
-        train_dataloader.set_epoch(epoch)
-        skip = (
-            (global_step - epoch * updates_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
-        )
-        loader = accelerator.skip_first_batches(train_dataloader, skip) if skip > 0 else train_dataloader
+        loader = epoch_batches(
+            accelerator, train_dataloader, epoch, first_epoch, global_step, updates_per_epoch,
+            args.gradient_accumulation_steps,
+        )  # fmt: skip
         for batch in loader:
             with accelerator.accumulate(unet):
                 latents = vae.encode(batch["edited_pixel_values"].to(weight_dtype)).latent_dist.sample()
