@@ -21,11 +21,13 @@ import torch.nn as nn
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_train_script import common_args, ok, run
+from test_train_script import common_args, run
 
 from loca_diffusion.loaders import write_loca_adapter
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
 from loca_diffusion.training import UNET_ATTENTION_TARGETS, build_adapter_config, save_adapter
+
+from _scripts import ok
 
 ADAPTERS = ["loca", "lora", "fourierft"]
 #: the adapter tensors (LoCA's locations are left where the layer put them: they must stay in range)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,41 +16,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _scripts import launch_command, ok, script_env
+
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 WORDS = "market shares bank profit film actor music award match goal team player vote party minister election".split()
 TOPICS = {"business": WORDS[0:4], "entertainment": WORDS[4:8], "politics": WORDS[12:16], "sport": WORDS[8:12]}
 
 
 def run(script: str, args: list[str], launcher: bool = True, timeout: int = 300):
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"
+    path = ROOT / "train" / script
+    command = launch_command(path) if launcher else [sys.executable, str(path)]
+    return subprocess.run(
+        command + args, capture_output=True, text=True, env=script_env(HF_HUB_OFFLINE="1"), timeout=timeout
     )
-    path = str(ROOT / "train" / script)
-    if launcher:
-        command = [
-            str(ACCELERATE),
-            "launch",
-            "--num_machines",
-            "1",
-            "--num_processes",
-            "1",
-            "--cpu",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            path,
-        ]
-    else:
-        command = [sys.executable, path]
-    return subprocess.run(command + args, capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def ok(result) -> str:
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
 
 
 def failed_with(result, *needles: str) -> None:

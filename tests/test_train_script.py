@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _scripts import launch_command, ok, script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "instruct_pix2pix_loca.py"
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def common_args(pipeline: Path, pairs: Path, output: Path, steps: int | None) -> list[str]:
@@ -67,40 +60,12 @@ def common_args(pipeline: Path, pairs: Path, output: Path, steps: int | None) ->
     ]
 
 
-def script_env(**extra: str) -> dict:
-    """The subprocess environment: one thread, and this checkout's package first on the path."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path, **extra)
-
-
 def run(args: list[str], processes: int = 1, env: dict | None = None, launcher: bool = True, timeout: int = 300):
     full_env = script_env(**(env or {}))
-    if launcher:
-        command = [
-            str(ACCELERATE),
-            "launch",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
-        if processes > 1:
-            full_env["ACCELERATE_USE_CPU"] = "1"  # gloo DDP on CPU
-            command += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(free_port())]
-        else:
-            command += ["--num_processes", "1", "--cpu"]
-        command += [str(SCRIPT)]
-    else:
-        command = [sys.executable, str(SCRIPT)]
+    if launcher and processes > 1:
+        full_env["ACCELERATE_USE_CPU"] = "1"  # gloo DDP on CPU
+    command = launch_command(SCRIPT, processes) if launcher else [sys.executable, str(SCRIPT)]
     return subprocess.run(command + args, capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-def ok(result) -> str:
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    return output
 
 
 def adapter(directory: Path) -> dict[str, torch.Tensor]:
@@ -312,20 +277,7 @@ def test_bf16_mixed_precision_validates_and_writes_the_card(tiny_pix2pix_dir, pa
         "--validation_image",
         str(big),
     ]
-    command = [
-        str(ACCELERATE),
-        "launch",
-        "--num_machines",
-        "1",
-        "--num_processes",
-        "1",
-        "--cpu",
-        "--mixed_precision",
-        "bf16",
-        "--dynamo_backend",
-        "no",
-        str(SCRIPT),
-    ]
+    command = launch_command(SCRIPT, mixed_precision="bf16")
     result = subprocess.run(command + args, capture_output=True, text=True, env=script_env(), timeout=300)
     output = ok(result)
     assert "Running validation at step 2" in output
