@@ -29,7 +29,14 @@ from bench.machine import machine_info  # noqa: E402
 from loca_diffusion.edit import load_pipeline  # noqa: E402
 from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, EDITS, cartoon_targets  # noqa: E402
-from loca_diffusion.embedded.evaluate import evaluate_edits, mean_scores, run_edit, vae_roundtrip  # noqa: E402
+from loca_diffusion.embedded.evaluate import (  # noqa: E402
+    evaluate_edits,
+    mean_scores,
+    merged_adapter_pipeline,
+    run_edit,
+    score_cartoonizer,
+    vae_roundtrip,
+)
 from loca_diffusion.embedded.photos import held_out_views, to_image, write_examples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -57,7 +64,8 @@ def main(argv=None) -> None:
         action="append",
         default=None,
         metavar="LABEL=DIR",
-        help="cartoonizer adapters to compare (default: LoCA=assets/adapters/cartoonizer)",
+        help="cartoonizer adapters (PEFT folders: LoCA, FourierFT, LoRA) to compare "
+        "(default: LoCA=assets/adapters/cartoonizer)",
     )
     p.add_argument("--write_examples", action="store_true", help="write assets/examples/ from the shipped edits")
     p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
@@ -80,10 +88,8 @@ def main(argv=None) -> None:
         "VAE round trip of the target": mean_scores(vae_roundtrip(pipe.vae, targets), targets),
     }
     outputs = {"base (no adapter)": run_edit(pipe, views, prompts)}
-    for label, path in adapters.items():
-        pipe.load_loca(path, adapter_name="bench")
-        outputs[label] = run_edit(pipe, views, prompts)
-        pipe.unload_loca()
+    for label, path in adapters.items():  # any PEFT method, merged: LoCA, FourierFT, LoRA
+        outputs[label] = score_cartoonizer(merged_adapter_pipeline(args.model, path), views)[1]
     cartoon.update({k: mean_scores(v, targets) for k, v in outputs.items()})
 
     RESULTS.mkdir(parents=True, exist_ok=True)

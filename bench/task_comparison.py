@@ -5,6 +5,8 @@ on real pretrained models that install offline (issue 10), and the paper's Table
     nice -n 19 python bench/task_comparison.py minilm-ablation   # V1/V2/V3, forward/backward differences
     nice -n 19 python bench/task_comparison.py vit               # ViT-S/14 on a Fashion-MNIST subset
     nice -n 19 python bench/task_comparison.py smollm2           # SmolLM2-135M on BBC headline generation
+    nice -n 19 python bench/task_comparison.py cartoonizer       # the embedded InstructPix2Pix's cartoon adapter
+    nice -n 19 python bench/task_comparison.py cartoonizer-ablation  # V1 (fixed random locations) there
 
 Every run is one ``train/*.py`` process with one torch thread and the same step count (``--jobs N`` runs N at
 once). Learning rates: the classifier head has one fixed lr in every method (so only the adapter differs); each
@@ -15,6 +17,10 @@ The head-only runs have nothing to search. The ablation reuses LoCA's chosen lr.
 (``train_seconds``; on a shared machine it also counts other people's work, unevenly over the runs), CPU time
 the training loop's process CPU time (the fairer cost on a shared machine), memory the process's peak RSS
 (model, data and optimizer included).
+The cartoonizer runs ``train/instruct_pix2pix_loca.py`` on the embedded model's cartoon pairs (``make assets``
+builds them under ``build/embedded/``); each finished adapter is merged into the shipped base and scored by PSNR /
+SSIM against the code-made cartoons of the held-out photos (``loca_diffusion.embedded.evaluate``); its time and
+memory are the whole training process's (model loading included), from ``os.wait4``.
 Results: ``bench/results/<task>.json`` and ``.md`` (machine info from ``bench/machine.py``).
 """
 
@@ -32,7 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from bench.machine import machine_info, machine_line  # noqa: E402
+from loca_diffusion.embedded import BASE_DIR  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "tmp"
@@ -83,6 +92,26 @@ TASKS = {
         lrs={"frozen": [0.0], "loca": [3e-2], "fourierft": [3e-2], "lora": [1e-3]},
     ),
 }
+EMBEDDED = ROOT / "build" / "embedded"
+TASKS["cartoonizer"] = dict(
+    script="instruct_pix2pix_loca.py",
+    title="Cartoonizer on the embedded tiny InstructPix2Pix (UNet to_q/to_k/to_v/to_out.0, 64 px)",
+    args=(
+        f"--pretrained_model_name_or_path {EMBEDDED / 'base_fp32'} --train_data_dir {EMBEDDED / 'cartoon_pairs'} "
+        "--resolution 64 --random_flip --sample_paraphrases --train_batch_size 8 --max_train_steps 500 "
+        "--n_frequency 512 --location_training_steps 200 --checkpointing_steps 100000 "
+        "--num_validation_images 1 --validation_inference_steps 10"
+    ).split(),
+    metric="eval_psnr",
+    metrics=["eval_psnr", "eval_ssim"],
+    evaluate="cartoonizer",
+    methods={"LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"},
+    lrs={"loca": [1e-2, 3e-2], "fourierft": [1e-2, 3e-2], "lora": [1e-3, 1e-2]},
+    ablations={
+        "LoCA (alternating, central differences)": [],
+        "V1: fixed random locations": ["--schedule_variant", "fixed"],
+    },
+)
 ABLATIONS = {
     "LoCA (alternating, central differences)": [],
     "V1: fixed random locations": ["--schedule_variant", "fixed"],
@@ -119,11 +148,41 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
     )
     command = [sys.executable, str(ROOT / "train" / task["script"])] + args + extra
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{tag} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    print(f"  {tag}: {time.perf_counter() - start:.0f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak RSS
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{tag} failed:\n{(out / 'train.log').read_text()[-3000:]}")
+    wall = time.perf_counter() - start
+    print(f"  {tag}: {wall:.0f} s", flush=True)
+    if task.get("evaluate") == "cartoonizer":  # the script trains; the bench scores the adapter
+        done.write_text(json.dumps(evaluate_cartoonizer(out, wall, usage), indent=2))
     return json.loads(done.read_text())
+
+
+def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
+    """Held-out PSNR / SSIM of the adapter merged into the shipped base, with the process's cost."""
+    from safetensors.torch import load_file
+
+    from loca_diffusion.embedded import RESOLUTION
+    from loca_diffusion.embedded.evaluate import merged_adapter_pipeline, score_cartoonizer
+    from loca_diffusion.embedded.photos import held_out_views
+
+    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views)
+    torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    return {
+        "eval_psnr": scores["psnr"],
+        "eval_ssim": scores["ssim"],
+        # the trained numbers: coefficients / spectra / LoRA factors; LoCA's locations are positions, not weights
+        "trainable_parameters": sum(v.numel() for k, v in weights.items() if "location" not in k),
+        "train_seconds": round(wall, 1),
+        "train_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -208,9 +267,10 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
         return f"{name}/loca-lr{lr:g}-s{s}" if not extra else f"{name}-ablation/{'-'.join(extra[1::2])}-s{s}"
 
     # the variants first: the unchanged LoCA runs are the comparison's, probably finished meanwhile
-    order = sorted(ABLATIONS.values(), key=lambda extra: not extra)
+    ablations = task.get("ablations", ABLATIONS)
+    order = sorted(ablations.values(), key=lambda extra: not extra)
     prefetch([(task, "loca", lr, s, extra, tag(extra, s)) for extra in order for s in range(1, seeds + 1)])
-    for label, extra in ABLATIONS.items():
+    for label, extra in ablations.items():
         runs = [
             run_one(
                 task,
@@ -272,12 +332,12 @@ def main() -> None:
     args = p.parse_args()
     global JOBS, FINISHED_ONLY, SEEDS
     JOBS, FINISHED_ONLY, SEEDS = args.jobs, args.finished_only, args.seeds
-    import torch
-
     torch.set_num_threads(1)
     name = args.task.removesuffix("-ablation")
     task = TASKS[name]
-    metrics = [task["metric"], "eval_loss"] + (["eval_macro_f1"] if task["metric"] == "eval_accuracy" else [])
+    metrics = task.get("metrics") or (
+        [task["metric"], "eval_loss"] + (["eval_macro_f1"] if task["metric"] == "eval_accuracy" else [])
+    )
     if args.task.endswith("-ablation"):
         lr = search_lr(name, "loca")[0]  # the comparison's choice (same cached seed-0 runs)
         if lr is None:

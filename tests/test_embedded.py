@@ -20,7 +20,7 @@ from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLU
 from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, cartoon_targets
 from loca_diffusion.embedded.evaluate import run_edit
 from loca_diffusion.embedded.metrics import psnr
-from loca_diffusion.embedded.photos import PHOTOS, centre_square, to_tensor
+from loca_diffusion.embedded.photos import PHOTOS, centre_square, to_image, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = ("chelsea.png", "coffee.png")
@@ -36,6 +36,27 @@ def pipe(torch_single_thread):
 @pytest.fixture(scope="module")
 def photos() -> torch.Tensor:
     return torch.stack([to_tensor(centre_square(Image.open(EXAMPLES_DIR / f), RESOLUTION)) for f in HELD_OUT])
+
+
+def test_code_made_edits_match_independent_references():
+    """The targets the base learned, against numpy / scipy / PIL computations of the same edits."""
+    import scipy.ndimage as ndimage
+
+    from loca_diffusion.embedded.edits import EDITS_BY_NAME
+
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = x.numpy()
+
+    def edit(name):
+        return EDITS_BY_NAME[name].apply(x).numpy()
+
+    gray = np.asarray(to_image(x[0]).convert("L"), dtype=np.float64) / 255  # PIL's ITU-R 601 luma
+    assert np.abs(edit("black_and_white")[0] - gray[None]).max() < 1.5 / 255
+    assert np.allclose(edit("invert"), 1 - a)
+    assert np.allclose(edit("flip_horizontal"), a[..., ::-1])
+    assert np.allclose(edit("darker"), 0.55 * a)
+    reference = ndimage.gaussian_filter(a, sigma=(0, 0, 1.5, 1.5), mode="mirror", truncate=3.0)
+    assert np.allclose(edit("blur"), reference, atol=1e-12)
 
 
 def test_examples_are_held_out_and_listed():

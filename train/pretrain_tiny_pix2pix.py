@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train the embedded tiny InstructPix2Pix from scratch on CPU, one stage per call.
 
-    python train/pretrain_tiny_pix2pix.py --stage vae          # VAE, 1,200 steps at batch 8 (~20 min)
-    python train/pretrain_tiny_pix2pix.py --stage decoder      # VAE decoder only, encoder frozen, 600 steps (~12 min)
-    python train/pretrain_tiny_pix2pix.py --stage unet         # text encoder + UNet, 1,400 steps at batch 16 (~40 min)
+    python train/pretrain_tiny_pix2pix.py --stage vae          # VAE, 4,000 steps at batch 8 (~15 min)
+    python train/pretrain_tiny_pix2pix.py --stage decoder      # VAE decoder only, encoder frozen, 600 steps (~4 min)
+    python train/pretrain_tiny_pix2pix.py --stage unet         # text encoder + UNet, 5,000 steps at batch 16 (~60 min)
     python train/pretrain_tiny_pix2pix.py --stage export       # fp16 diffusers folder -> assets/tiny-instruct-pix2pix
 
 ``decoder`` and ``unet`` both start from the finished ``vae`` stage and can run at the same time as
@@ -45,7 +45,7 @@ from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline 
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
 WORK = Path("build/embedded")
-DEFAULT_STEPS = {"vae": 1200, "decoder": 600, "unet": 1400}
+DEFAULT_STEPS = {"vae": 4000, "decoder": 600, "unet": 5000}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -377,10 +377,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_every", type=int, default=25)
     p.add_argument("--save_every", type=int, default=200)
     p.add_argument(
-        "--eval_every", type=int, default=400, help="unet: held-out edit PSNR (10 DDIM steps) every N steps"
+        "--eval_every", type=int, default=1000, help="unet: held-out edit PSNR (10 DDIM steps) every N steps"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 was ~8x faster than 2 under load)")
-    p.add_argument("--bank_crops", type=int, default=800, help="unet: training crops encoded once (x 11 images)")
+    p.add_argument("--bank_crops", type=int, default=1500, help="unet: training crops encoded once (x 11 images)")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--conditioning_dropout_prob", type=float, default=0.05, help="text dropped 2p, image 2p, both p")
     p.add_argument("--output_dir", default=str(BASE_DIR), help="export target (default: the shipped assets)")

@@ -1,9 +1,8 @@
 """The base edits of the embedded model, made in code, each with paraphrased instructions.
 
 Every edit maps a batch of images ``(B, 3, H, W)`` in [0, 1] to its edited version. Cartoonization is
-deliberately not among them: it is what the LoCA adapter adds on top of the base. Geometric edits
-(flips) were left out of the shipped set: the prototype's UNet could not learn them in its step
-budget, and each edit in the set takes a share of the same CPU budget.
+deliberately not among them: it is what the LoCA adapter adds on top of the base. Which of them the
+model learned well enough to ship is measured, not assumed (``bench/embedded_quality.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ _SEPIA = torch.tensor([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.5
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("c,bchw->bhw", _LUMA, x)[:, None].expand_as(x).clone()
+    return torch.einsum("c,bchw->bhw", _LUMA.to(x), x)[:, None].expand_as(x).clone()
 
 
 def invert(x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +33,7 @@ def darker(x: torch.Tensor) -> torch.Tensor:
 
 
 def sepia(x: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,bjhw->bihw", _SEPIA, x).clamp(0, 1)
+    return torch.einsum("ij,bjhw->bihw", _SEPIA.to(x), x).clamp(0, 1)
 
 
 def warm(x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +51,21 @@ def cool(x: torch.Tensor) -> torch.Tensor:
 def more_contrast(x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * 1.8 + mean).clamp(0, 1)
+
+
+def blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Gaussian blur (separable, reflect padding)."""
+    radius = int(3 * sigma + 0.5)  # scipy.ndimage.gaussian_filter(truncate=3.0)
+    k = torch.exp(-(torch.arange(-radius, radius + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = torch.nn.functional.pad(x, (radius,) * 4, mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def flip_horizontal(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,26 @@ EDITS: tuple[Edit, ...] = (
             "add more contrast",
             "make it more contrasty",
             "boost the contrast",
+        ),
+    ),
+    Edit(
+        "blur",
+        blur,
+        (
+            "blur the image",
+            "make it blurry",
+            "add a soft blur",
+            "make the photo out of focus",
+        ),
+    ),
+    Edit(
+        "flip_horizontal",
+        flip_horizontal,
+        (
+            "flip it horizontally",
+            "mirror the image",
+            "flip the photo left to right",
+            "make a mirror image",
         ),
     ),
 )

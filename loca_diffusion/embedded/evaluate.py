@@ -80,3 +80,27 @@ def evaluate_edits(pipe, views: torch.Tensor, edits: Sequence[Edit], **kwargs) -
             "vae_ssim": vae["ssim"],
         }
     return results
+
+
+def merged_adapter_pipeline(base_dir, adapter_dir):
+    """The pipeline at ``base_dir`` (float32) with the PEFT adapter at ``adapter_dir`` merged into its UNet.
+
+    One route for every method (LoCA, FourierFT, LoRA: ``PeftModel.from_pretrained`` + ``merge_and_unload``),
+    so a comparison of methods compares the adapters, not their loaders."""
+    from peft import PeftModel
+
+    import loca_diffusion  # noqa: F401  (registers LoCA with peft)
+
+    from ..edit import load_pipeline
+
+    pipe = load_pipeline(base_dir)
+    pipe.unet = PeftModel.from_pretrained(pipe.unet, str(adapter_dir)).merge_and_unload()
+    return pipe
+
+
+def score_cartoonizer(pipe, views: torch.Tensor, **kwargs) -> tuple[dict[str, float], torch.Tensor]:
+    """Mean PSNR / SSIM of ``pipe``'s cartoon edits of ``views`` against the code-made cartoons; and the outputs."""
+    from .edits import CARTOON_INSTRUCTION, cartoon_targets
+
+    outputs = run_edit(pipe, views, [CARTOON_INSTRUCTION] * len(views), **kwargs)
+    return mean_scores(outputs, cartoon_targets(views)), outputs
