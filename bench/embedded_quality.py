@@ -56,6 +56,23 @@ def picture_grid(rows: list[list[torch.Tensor]], header: list[str], path: Path, 
     grid.save(path)
 
 
+def default_adapters() -> list[str]:
+    """The shipped LoCA cartoonizer, and the FourierFT and LoRA runs of the comparison it was chosen in (seed 1
+    at each method's chosen lr, as the shipped LoCA adapter), when ``bench/task_comparison.py cartoonizer`` ran."""
+    adapters = [f"LoCA={ADAPTERS_DIR / 'cartoonizer'}"]
+    comparison = RESULTS / "cartoonizer.json"
+    if comparison.is_file():
+        rows = json.loads(comparison.read_text())["rows"]
+        for label in ("FourierFT", "LoRA"):
+            row = rows.get(label) or {"lr": None}
+            if row["lr"] is None:
+                continue
+            run = RESULTS / "tmp" / "cartoonizer" / f"{row['adapter']}-lr{row['lr']:g}-s1"
+            if (run / "adapter_model.safetensors").is_file():
+                adapters.append(f"{label}={run}")
+    return adapters
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(BASE_DIR))
@@ -64,14 +81,14 @@ def main(argv=None) -> None:
         action="append",
         default=None,
         metavar="LABEL=DIR",
-        help="cartoonizer adapters (PEFT folders: LoCA, FourierFT, LoRA) to compare "
-        "(default: LoCA=assets/adapters/cartoonizer)",
+        help="cartoonizer adapters (PEFT folders: LoCA, FourierFT, LoRA) to compare (default: the shipped LoCA "
+        "adapter and the FourierFT / LoRA runs of bench/task_comparison.py cartoonizer)",
     )
     p.add_argument("--write_examples", action="store_true", help="write assets/examples/ from the shipped edits")
     p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    adapters = dict(a.split("=", 1) for a in (args.adapter or [f"LoCA={ADAPTERS_DIR / 'cartoonizer'}"]))
+    adapters = dict(a.split("=", 1) for a in (args.adapter or default_adapters()))
 
     start = time.time()
     pipe = load_pipeline(args.model)

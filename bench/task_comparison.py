@@ -92,19 +92,21 @@ TASKS = {
         lrs={"frozen": [0.0], "loca": [3e-2], "fourierft": [3e-2], "lora": [1e-3]},
     ),
 }
-EMBEDDED = ROOT / "build" / "embedded"
+EMBEDDED = Path("build") / "embedded"  # relative to ROOT, where the runs start (paths in the results stay portable)
 TASKS["cartoonizer"] = dict(
     script="instruct_pix2pix_loca.py",
     title="Cartoonizer on the embedded tiny InstructPix2Pix (UNet to_q/to_k/to_v/to_out.0, 64 px)",
     args=(
         f"--pretrained_model_name_or_path {EMBEDDED / 'base_fp32'} --train_data_dir {EMBEDDED / 'cartoon_pairs'} "
         "--resolution 64 --random_flip --sample_paraphrases --train_batch_size 8 --max_train_steps 500 "
-        "--n_frequency 512 --location_training_steps 200 --checkpointing_steps 100000 "
+        "--n_frequency 512 --location_training_steps 200 --coefficient_steps 10 --location_steps 10 "
+        "--location_lr 1e-3 --checkpointing_steps 100000 "
         "--num_validation_images 1 --validation_inference_steps 10"
     ).split(),
     metric="eval_psnr",
     metrics=["eval_psnr", "eval_ssim"],
     evaluate="cartoonizer",
+    accelerate=True,
     methods={"LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"},
     lrs={"loca": [1e-2, 3e-2], "fourierft": [1e-2, 3e-2], "lora": [1e-3, 1e-2]},
     ablations={
@@ -147,10 +149,13 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         HF_HUB_OFFLINE="1",
     )
     command = [sys.executable, str(ROOT / "train" / task["script"])] + args + extra
+    if task.get("accelerate"):  # as users run it: `accelerate launch` (one CPU process)
+        launch = "-m accelerate.commands.launch --num_machines 1 --num_processes 1 --cpu --mixed_precision no"
+        command[1:1] = launch.split() + ["--dynamo_backend", "no"]
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak RSS
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
@@ -178,11 +183,30 @@ def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
         "eval_psnr": scores["psnr"],
         "eval_ssim": scores["ssim"],
         # the trained numbers: coefficients / spectra / LoRA factors; LoCA's locations are positions, not weights
-        "trainable_parameters": sum(v.numel() for k, v in weights.items() if "location" not in k),
+        "trainable_parameters": sum(
+            v.numel() for k, v in weights.items() if v.is_floating_point() and "location" not in k
+        ),
         "train_seconds": round(wall, 1),
         "train_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
     }
+
+
+def ship_adapter(name: str, rows: dict, target: Path) -> None:
+    """The shipped adapter is one of the measured runs (LoCA, chosen lr, seed 1), not a separate training."""
+    import shutil
+
+    row = rows.get("LoCA")
+    if row is None or row["lr"] is None or not row["runs"]:
+        sys.exit("--ship: LoCA's seed-1 run is not finished")
+    source = WORK / f"{name}/loca-lr{row['lr']:g}-s1"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in ("adapter_config.json", "adapter_model.safetensors", "README.md", "locations.png", "samples.png"):
+        shutil.copy2(source / f, target / f)
+    for f in ("README.md", "adapter_config.json"):  # name the shipped base, not this machine's training copy
+        text = (target / f).read_text().replace(str(EMBEDDED / "base_fp32"), "assets/tiny-instruct-pix2pix")
+        (target / f).write_text(text)
+    print(f"shipped {source} -> {target}")
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -329,6 +353,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="Runs at once (each one torch thread).")
     p.add_argument("--finished_only", action="store_true", help="Tabulate the finished runs; start none.")
+    p.add_argument(
+        "--ship",
+        metavar="DIR",
+        default=None,
+        help="cartoonizer: copy LoCA's seed-1 adapter at the chosen lr to DIR (make assets: assets/adapters/...)",
+    )
     args = p.parse_args()
     global JOBS, FINISHED_ONLY, SEEDS
     JOBS, FINISHED_ONLY, SEEDS = args.jobs, args.finished_only, args.seeds
@@ -347,6 +377,8 @@ def main() -> None:
     else:
         rows = compare(name, args.seeds)
         title = task["title"]
+    if args.ship:
+        ship_adapter(name, rows, Path(args.ship))
     info = machine_info(torch.device("cpu"))
     out = RESULTS / args.task
     out.with_suffix(".json").write_text(
