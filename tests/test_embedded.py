@@ -97,6 +97,21 @@ def test_cartoonizer_adapter_moves_toward_the_cartoon(pipe, photos):
         assert psnr(a, t) > psnr(b, t) + 1.0, (psnr(a, t), psnr(b, t))
 
 
+def test_the_comparison_scores_what_load_loca_serves(pipe, photos):
+    """bench/task_comparison.py scores every method merged through PEFT; for LoCA that must be the edit that
+    ``pipe.load_loca`` (the app's and the CLI's route) gives."""
+    from loca_diffusion.embedded.evaluate import merged_adapter_pipeline
+
+    adapter = ADAPTERS_DIR / "cartoonizer"
+    merged = run_edit(merged_adapter_pipeline(BASE_DIR, adapter), photos, [CARTOON_INSTRUCTION] * 2)
+    pipe.load_loca(adapter, adapter_name="route")
+    try:
+        served = run_edit(pipe, photos, [CARTOON_INSTRUCTION] * 2)
+    finally:
+        pipe.unload_loca()
+    assert (merged - served).abs().max() < 2e-3, float((merged - served).abs().max())
+
+
 def test_edit_cli_runs_offline(tmp_path):
     out = tmp_path / "edited.png"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -59,3 +59,28 @@ def test_ablation_reuses_the_comparison_runs(finished):
     assert [r["eval_accuracy"] for r in rows["LoCA (alternating, central differences)"]["runs"]] == [0.8] * 3
     assert [r["eval_accuracy"] for r in rows["V1: fixed random locations"]["runs"]] == [0.7] * 3
     assert rows["V3: joint (both every step until T_s)"]["runs"] == []
+
+
+def test_ship_copies_the_chosen_loca_seed_1_run_and_names_the_shipped_base(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    run = tmp_path / "work" / "cartoonizer" / "loca-lr0.03-s1"
+    run.mkdir(parents=True)
+    training_copy = str(bench.EMBEDDED / "base_fp32")
+    files = {
+        "adapter_config.json": json.dumps({"base_model_name_or_path": training_copy}),
+        "adapter_model.safetensors": "weights",
+        "README.md": f"---\nbase_model: {training_copy}\n---\n",
+        "locations.png": "png",
+        "samples.png": "png",
+    }
+    for name, text in files.items():
+        (run / name).write_text(text)
+    rows = {"LoCA": {"lr": 0.03, "runs": [{"eval_psnr": 20.0}]}}
+    bench.ship_adapter("cartoonizer", rows, tmp_path / "shipped")
+    shipped = {f.name: f.read_text() for f in (tmp_path / "shipped").iterdir()}
+    assert set(shipped) == set(files)
+    assert json.loads(shipped["adapter_config.json"])["base_model_name_or_path"] == "assets/tiny-instruct-pix2pix"
+    assert "base_model: assets/tiny-instruct-pix2pix" in shipped["README.md"]
+    assert shipped["adapter_model.safetensors"] == "weights"
+    with pytest.raises(SystemExit, match="seed-1 run is not finished"):
+        bench.ship_adapter("cartoonizer", {"LoCA": {"lr": None, "runs": []}}, tmp_path / "other")

@@ -87,14 +87,24 @@ def merged_adapter_pipeline(base_dir, adapter_dir):
 
     One route for every method (LoCA, FourierFT, LoRA: ``PeftModel.from_pretrained`` + ``merge_and_unload``),
     so a comparison of methods compares the adapters, not their loaders."""
-    from peft import PeftModel
+    from peft import PeftConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
     import loca_diffusion  # noqa: F401  (registers LoCA with peft)
 
     from ..edit import load_pipeline
 
     pipe = load_pipeline(base_dir)
-    pipe.unet = PeftModel.from_pretrained(pipe.unet, str(adapter_dir)).merge_and_unload()
+    model = get_peft_model(pipe.unet, PeftConfig.from_pretrained(str(adapter_dir)))
+    weights = load_peft_weights(str(adapter_dir))
+    # files written for the bare UNet (no PeftModel around it) name its layers without peft's prefix
+    weights = {k if k.startswith("base_model.model.") else f"base_model.model.{k}": v for k, v in weights.items()}
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:  # peft only warns: a layout it cannot place would score the bare base
+        raise ValueError(
+            f"{adapter_dir}: {len(result.unexpected_keys)} tensors match no adapted layer of the UNet at {base_dir}, "
+            f"e.g. {result.unexpected_keys[0]!r}"
+        )
+    pipe.unet = model.merge_and_unload()
     return pipe
 
 
