@@ -8,7 +8,8 @@ Every number is a mean over the held-out photos' 64 px centre views (photos neve
 PSNR / SSIM against the code-made target of each edit. Reference rows: output = input (doing
 nothing) and the VAE round trip of the target (the best any edit through this VAE can reach). An
 edit ships when the model beats output = input by >= 3 dB; the LoCA cartoonizer must beat it by
->= 2 dB. Sampling: 20 DDIM steps, no guidance, seed 0 (deterministic).
+>= 2 dB. Sampling: the embedded model's defaults (20 DDIM steps, the guidance chosen by ``--sweep_guidance``
+on training photos), seed 0 (deterministic).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from loca_diffusion.edit import load_pipeline  # noqa: E402
 from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, EDITS, cartoon_targets  # noqa: E402
 from loca_diffusion.embedded.evaluate import (  # noqa: E402
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_STEPS,
     evaluate_edits,
     mean_scores,
     merged_adapter_pipeline,
@@ -37,7 +41,7 @@ from loca_diffusion.embedded.evaluate import (  # noqa: E402
     score_cartoonizer,
     vae_roundtrip,
 )
-from loca_diffusion.embedded.photos import held_out_views, to_image, write_examples  # noqa: E402
+from loca_diffusion.embedded.photos import held_out_views, selection_views, to_image, write_examples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SHIP_MARGIN_DB = 3.0
@@ -73,6 +77,47 @@ def default_adapters() -> list[str]:
     return adapters
 
 
+# (guidance_scale, image_guidance_scale) candidates: no guidance, and text guidance at a few strengths
+GUIDANCE_SWEEP = ((1.0, 1.0), (2.0, 1.5), (3.0, 1.5), (5.0, 1.5), (3.0, 1.0))
+
+
+def sweep_guidance(pipe, out: Path) -> tuple[float, float]:
+    """Mean gain over output = input (dB, over all base edits) of each guidance pair on training-photo views;
+    the best pair is the embedded model's default (``loca_diffusion.embedded.evaluate``)."""
+    names = [n for n, _ in selection_views(RESOLUTION)]
+    views = torch.stack([x for _, x in selection_views(RESOLUTION)])
+    rows = {}
+    for g, ig in GUIDANCE_SWEEP:
+        scores = evaluate_edits(pipe, views, EDITS, guidance_scale=g, image_guidance_scale=ig)
+        gains = {k: v["psnr"] - v["identity_psnr"] for k, v in scores.items()}
+        rows[(g, ig)] = {"mean_gain": sum(gains.values()) / len(gains), "gains": gains}
+        print(f"guidance {g} / image guidance {ig}: mean gain {rows[(g, ig)]['mean_gain']:+.2f} dB", flush=True)
+    best = max(rows, key=lambda k: rows[k]["mean_gain"])
+    lines = [
+        "# Embedded default: sampling guidance, chosen on training photos",
+        "",
+        "Reproduce: `python bench/embedded_quality.py --sweep_guidance`.",
+        f"Views: 64 px centre crops of training photos ({', '.join(names)}), never the held-out ones; 20 DDIM "
+        "steps, seed 0. Gain: PSNR of the model's edit minus PSNR of output = input, against each edit's target.",
+        "",
+        "| guidance / image guidance | mean gain (dB) | " + " | ".join(e.name for e in EDITS) + " |",
+        "|---|---|" + "---|" * len(EDITS),
+    ]
+    for (g, ig), row in rows.items():
+        cells = " | ".join(f"{row['gains'][e.name]:+.2f}" for e in EDITS)
+        lines.append(f"| {g:g} / {ig:g}{' (chosen)' if (g, ig) == best else ''} | {row['mean_gain']:+.2f} | {cells} |")
+    lines += [
+        "",
+        f"Chosen: {best[0]:g} / {best[1]:g}; the defaults in `loca_diffusion/embedded/evaluate.py` are "
+        f"{DEFAULT_GUIDANCE:g} / {DEFAULT_IMAGE_GUIDANCE:g}"
+        + (" (they agree)." if best == (DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE) else " (UPDATE THEM)."),
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return best
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(BASE_DIR))
@@ -85,6 +130,11 @@ def main(argv=None) -> None:
         "adapter and the FourierFT / LoRA runs of bench/task_comparison.py cartoonizer)",
     )
     p.add_argument("--write_examples", action="store_true", help="write assets/examples/ from the shipped edits")
+    p.add_argument(
+        "--sweep_guidance",
+        action="store_true",
+        help="only choose the sampling guidance on training-photo views -> bench/results/embedded_guidance.md",
+    )
     p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -92,6 +142,9 @@ def main(argv=None) -> None:
 
     start = time.time()
     pipe = load_pipeline(args.model)
+    if args.sweep_guidance:
+        sweep_guidance(pipe, RESULTS / "embedded_guidance.md")
+        return
     names = [n for n, _ in held_out_views(RESOLUTION)]
     views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
     base = evaluate_edits(pipe, views, EDITS)
@@ -128,7 +181,12 @@ def main(argv=None) -> None:
     result = {
         "held_out_photos": names,
         "resolution": RESOLUTION,
-        "sampling": {"steps": 20, "guidance_scale": 1.0, "image_guidance_scale": 1.0, "seed": 0},
+        "sampling": {
+            "steps": DEFAULT_STEPS,
+            "guidance_scale": DEFAULT_GUIDANCE,
+            "image_guidance_scale": DEFAULT_IMAGE_GUIDANCE,
+            "seed": 0,
+        },
         "vae_reconstruction": recon,
         "base_edits": base,
         "shipped_edits": shipped,
@@ -145,7 +203,8 @@ def main(argv=None) -> None:
         f"Reproduce: `python bench/embedded_quality.py` "
         f"({result['seconds']:.0f} s on {result['machine']['cpu']}, 1 thread).",
         f"Held-out photos ({len(names)}, never seen in training): {', '.join(names)}; {RESOLUTION} px centre views.",
-        "Sampling: 20 DDIM steps, no classifier-free guidance, seed 0.",
+        f"Sampling: {DEFAULT_STEPS} DDIM steps, guidance {DEFAULT_GUIDANCE:g}, image guidance "
+        f"{DEFAULT_IMAGE_GUIDANCE:g} (chosen on training photos: `embedded_guidance.md`), seed 0.",
         "",
         f"VAE reconstruction of the photos: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}.",
         "",

@@ -192,6 +192,14 @@ def held_out_views(size: int) -> list[tuple[str, torch.Tensor]]:
     return [(p.name, to_tensor(centre_square(load_photo(p), size))) for p in require_photos(held_out=True)]
 
 
+def selection_views(size: int, count: int = 6) -> list[tuple[str, torch.Tensor]]:
+    """Centre crops of ``count`` training photos (evenly spread over the list): where sampling settings are
+    chosen, so that the held-out photos only ever measure."""
+    photos = require_photos(held_out=False)
+    chosen = [photos[round(i * (len(photos) - 1) / max(1, count - 1))] for i in range(min(count, len(photos)))]
+    return [(p.name, to_tensor(centre_square(load_photo(p), size))) for p in chosen]
+
+
 def write_training_crops(out_dir: str | Path, per_photo: int, size: int, seed: int = 0) -> int:
     """Save ``per_photo`` random crops (mostly whole-photo views) of every training photo as PNGs: the
     photo folder the cartoon pair set is built from. Returns the number written."""
