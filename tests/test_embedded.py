@@ -59,6 +59,17 @@ def test_code_made_edits_match_independent_references():
     assert np.allclose(edit("blur"), reference, atol=1e-12)
 
 
+def test_default_guidance_is_the_one_chosen_on_training_photos():
+    import re
+
+    from loca_diffusion.embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE
+
+    text = (ROOT / "bench" / "results" / "embedded_guidance.md").read_text()
+    chosen = re.search(r"^Chosen: ([0-9.]+) / ([0-9.]+)", text, re.M)
+    assert chosen, "bench/results/embedded_guidance.md has no 'Chosen:' line"
+    assert (DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE) == (float(chosen[1]), float(chosen[2]))
+
+
 def test_examples_are_held_out_and_listed():
     held_out = {f"{p.name}.png" for p in PHOTOS if p.held_out}
     rows = [json.loads(line) for line in (EXAMPLES_DIR / "examples.jsonl").read_text().splitlines() if line.strip()]

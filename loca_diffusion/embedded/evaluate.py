@@ -10,8 +10,8 @@ from .edits import Edit
 from .metrics import psnr, ssim
 from .photos import to_image
 
-# Sampling settings of the embedded model: 20 DDIM steps, no classifier-free guidance (at this model
-# size guidance over-saturated the edits in the prototype; see bench/results/embedded_quality.md).
+# Sampling settings of the embedded model: 20 DDIM steps and the guidance pair that
+# `bench/embedded_quality.py --sweep_guidance` chose on training photos (bench/results/embedded_guidance.md).
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 1.0
 DEFAULT_IMAGE_GUIDANCE = 1.0
