@@ -388,10 +388,12 @@ class EditEngine:
             if self.adapters:
                 pipe.disable_loca()
         else:
-            pipe.enable_loca()
+            if not state.mix:  # only the base mix disables the adapters
+                pipe.enable_loca()
             pipe.set_loca_adapters([name for name, _ in mix], [weight for _, weight in mix])
             if fuse:
-                pipe.fuse_loca()
+                # adapters are loaded once and switched often: keep each one's dW (small next to the UNet)
+                pipe.fuse_loca(cache_deltas=True)
                 state.fused = True
         state.mix = mix
         return state.fused

@@ -190,6 +190,40 @@ def test_fuse_matches_unfused_and_unfuse_restores_exactly(env, pipe):
     _assert_base_restored(env)
 
 
+def test_cached_deltas_fuse_bit_identically_and_never_go_stale(env, pipe):
+    pipe.load_loca(env.a, adapter_name="a")
+    pipe.load_loca(env.b, adapter_name="b")
+    fresh = {}
+    for name in ("a", "b"):  # each adapter fused without a cache: the reference weights
+        pipe.set_loca_adapters(name)
+        pipe.fuse_loca()
+        fresh[name] = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+        pipe.unfuse_loca()
+    for name in ("a", "b", "a", "b"):  # A -> B -> A -> B through the cache
+        pipe.set_loca_adapters(name)
+        pipe.fuse_loca(cache_deltas=True)
+        assert all(torch.equal(v, fresh[name][k]) for k, v in pipe.unet.state_dict().items())
+        pipe.unfuse_loca()
+    layers = [m for m in pipe.unet.modules() if isinstance(m, LoCALayer)]
+    assert all(set(m.loca_delta_cache) == {"a", "b"} for m in layers)
+
+    # new coefficients (an optimizer step, a reload) must not reuse the cached dW
+    layer = layers[0]
+    with torch.no_grad():
+        layer.loca_coefficients["a"].mul_(2.0)
+    pipe.set_loca_adapters("a")
+    pipe.fuse_loca(cache_deltas=True)
+    reference = dense_dw(
+        layer.loca_coefficients["a"].double(), *layer.get_locations("a"), layer.out_features, layer.in_features,
+        layer._scale("a"),
+    )  # fmt: skip
+    base_weight = env.base_unet.get_submodule(layer.loca_layer_name).weight
+    torch.testing.assert_close(layer.get_base_layer().weight, base_weight + reference.float(), atol=1e-6, rtol=0)
+    pipe.unfuse_loca()
+    pipe.delete_adapters("b")  # a deleted adapter's dW is freed
+    assert all("b" not in m.loca_delta_cache for m in layers)
+
+
 def test_unload_keep_fused_bakes_the_adapter_in(env, pipe):
     pipe.load_loca(env.a)
     adapted = env.run()

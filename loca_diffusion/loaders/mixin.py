@@ -160,15 +160,20 @@ class LoCALoaderMixin:
         adapter_names: Optional[Union[str, list[str]]] = None,
         safe_fusing: bool = True,
         keep_base_weights: bool = True,
+        cache_deltas: bool = False,
     ) -> None:
         """Merge ``scale * dW`` of the active (or the named) LoCA adapters into the UNet's weights.
 
         Inference then costs nothing extra. With ``keep_base_weights`` (default) a CPU copy of each
         fused layer's weight is kept so that :meth:`unfuse_loca` / :meth:`unload_loca` restore it bit for
         bit; without it, unfusing subtracts ``dW`` again (equal up to float rounding). ``safe_fusing``
-        checks the merged weights for NaN/Inf before writing them.
+        checks the merged weights for NaN/Inf before writing them. ``cache_deltas`` keeps each fused
+        adapter's dense ``dW`` so that fusing it again skips the inverse DCT (apps switching adapters; one
+        ``dW`` per adapter and layer in memory, freed by ``delete_adapters`` / :meth:`unload_loca`).
         """
-        model_ops.fuse_loca(self._loca_model(), scale, adapter_names, safe_fusing, keep_base_weights)
+        model_ops.fuse_loca(
+            self._loca_model(), scale, adapter_names, safe_fusing, keep_base_weights, cache_deltas=cache_deltas
+        )
 
     def unfuse_loca(self) -> None:
         """Undo :meth:`fuse_loca`: the weights from before fusing (bit for bit when they were kept), and

@@ -10,6 +10,7 @@ the fused layers) is one :class:`LoCALoaderState` in the model's ``_loca_loader_
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -132,11 +133,16 @@ def _check_loaded(model: nn.Module, names: list[str], loca_only: Optional[str] =
 # helpers
 
 
+@functools.lru_cache(maxsize=16)
+def _ramp(numel: int, device: torch.device) -> torch.Tensor:
+    return torch.linspace(1.0, 2.0, numel, dtype=torch.float64, device=device)
+
+
 def _fingerprint(weight: torch.Tensor) -> torch.Tensor:
-    """Cheap on-device checksum: did anything write the weight since it was fused?"""
+    """Cheap on-device checksum: did anything write the weight since it was fused? (PEFT merges write
+    through ``.data``, which the version counter does not see.)"""
     flat = weight.detach().reshape(-1).double()
-    ramp = torch.linspace(1.0, 2.0, flat.numel(), dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(), (flat * ramp).sum(), (flat * flat).sum()]).cpu()
+    return torch.stack([flat.sum(), (flat * _ramp(flat.numel(), flat.device)).sum(), (flat * flat).sum()]).cpu()
 
 
 def _refreeze(model: nn.Module) -> None:
@@ -358,12 +364,16 @@ def fuse_loca(
     adapter_names: Optional[Union[str, list[str]]] = None,
     safe_fusing: bool = True,
     keep_base_weights: bool = True,
+    cache_deltas: bool = False,
 ) -> None:
     """Merge ``scale * dW`` of the active (or the named) LoCA adapters into the model's weights.
 
     With ``keep_base_weights`` a CPU copy of each fused layer's weight is kept so that :func:`unfuse_loca`
     restores it bit for bit; without it, unfusing subtracts ``dW`` again (equal up to float rounding).
-    ``safe_fusing`` checks the merged weights for NaN/Inf before writing them.
+    ``safe_fusing`` checks the merged weights for NaN/Inf before writing them. ``cache_deltas`` keeps each
+    fused (frozen) adapter's ``dW`` on its layer, so that fusing it again is an addition: for apps that switch
+    between adapters, at the memory of one dense ``dW`` per adapter and layer (freed when the adapter is
+    deleted or unloaded).
     """
     if not loca_adapter_names(model):
         raise ValueError("No LoCA adapter is loaded")
@@ -383,6 +393,8 @@ def fuse_loca(
             layer = fused.setdefault(layer_name, FusedLayer())
             if keep_base_weights and not module.merged and layer.weight is None:
                 layer.weight = module.get_base_layer().weight.detach().to("cpu", copy=True)
+            if cache_deltas and module.loca_delta_cache is None:
+                module.loca_delta_cache = {}
             for name in targets:
                 layer.multipliers.setdefault(name, module.loca_multiplier[name])
                 module.set_scale(name, module.loca_multiplier[name] * float(scale))

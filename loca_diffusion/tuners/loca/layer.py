@@ -81,6 +81,9 @@ class LoCALayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._weight_cache: Optional[tuple[tuple, torch.Tensor]] = None
+        # opt-in (``fuse_loca(cache_deltas=True)``): adapter -> (key, dW) of frozen adapters, so that
+        # switching between fused adapters adds a stored dW instead of recomputing its inverse DCT
+        self.loca_delta_cache: Optional[dict[str, tuple[tuple, torch.Tensor]]] = None
         self.kwargs = kwargs
 
         base = self.get_base_layer()
@@ -281,6 +284,8 @@ class Linear(nn.Module, LoCALayer):
         # The inference cache tracks tensor version counters, which writes through `.data` (e.g. an EMA
         # `copy_to`) bypass; switching modes always starts from a fresh cache (and fresh finiteness checks).
         self._weight_cache = None
+        if self.loca_delta_cache is not None:
+            self.loca_delta_cache.clear()
         self.loca_finite_stamp.clear()
         return super().train(mode)
 
@@ -298,6 +303,8 @@ class Linear(nn.Module, LoCALayer):
         for child in self.children():
             child._apply(keep_dtype if child is self.loca_locations else fn)
         self._weight_cache = None
+        if self.loca_delta_cache is not None:
+            self.loca_delta_cache.clear()
         return super()._apply(fn, recurse=False)
 
     # ------------------------------------------------------------------ delta weights and merging
@@ -307,8 +314,17 @@ class Linear(nn.Module, LoCALayer):
         ``nn.Linear``, transposed for ``Conv1D``), so that ``weight + get_delta_weight(name)`` is the
         merged weight."""
         weight = self.get_base_layer().weight
+        coefficients = self.loca_coefficients[adapter]
+        cache, key = self.loca_delta_cache, None
+        if cache is not None and not coefficients.requires_grad:
+            points = self.loca_fixed_locations[adapter] if self.loca_frozen[adapter] else self.loca_locations[adapter]
+            key = (coefficients.data_ptr(), coefficients._version, points.data_ptr(), points._version)
+            key += (self._scale(adapter), weight.dtype, weight.device, self.fan_in_fan_out)
+            hit = cache.get(adapter)
+            if hit is not None and hit[0] == key:
+                return hit[1]
         delta = delta_weight(
-            self.loca_coefficients[adapter],
+            coefficients,
             self.get_locations(adapter),
             self.out_features,
             self.in_features,
@@ -316,7 +332,15 @@ class Linear(nn.Module, LoCALayer):
         )
         if self.fan_in_fan_out:
             delta = delta.T
-        return delta.to(weight.dtype)
+        delta = delta.to(weight.dtype)
+        if key is not None:
+            cache[adapter] = (key, delta.detach())
+        return delta
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if self.loca_delta_cache is not None:
+            self.loca_delta_cache.pop(adapter_name, None)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
