@@ -13,8 +13,8 @@ from .photos import to_image
 # Sampling settings of the embedded model: 20 DDIM steps and the guidance pair that
 # `bench/embedded_quality.py --sweep_guidance` chose on training photos (bench/results/embedded_guidance.md).
 DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 1.0
-DEFAULT_IMAGE_GUIDANCE = 1.0
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_IMAGE_GUIDANCE = 1.5
 
 
 @torch.no_grad()
