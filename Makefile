@@ -79,6 +79,9 @@ assets: $(STAMP)
 	$(PRETRAIN) --stage decoder > $(EMB)/decoder.log 2>&1 & pid=$$!; \
 	  $(PRETRAIN) --stage unet > $(EMB)/unet.log 2>&1; status=$$?; wait $$pid && exit $$status
 	$(PRETRAIN) --stage export
+	# sampling guidance chosen on training photos; if it differs from loca_diffusion/embedded/evaluate.py's
+	# DEFAULT_GUIDANCE / DEFAULT_IMAGE_GUIDANCE, update those (tests/test_embedded.py checks they agree)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --sweep_guidance
 	$(BIN)/python -m loca_diffusion.embedded.photos --crops_dir $(EMB)/cartoon_photos
 	$(BIN)/python -m loca_diffusion.cartoonize --input_dir $(EMB)/cartoon_photos --output_dir $(EMB)/cartoon_pairs \
 	  --resolution 64 --num_colors 6 --bilateral_passes 1 --edge_c 8 --overwrite
