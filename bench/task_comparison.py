@@ -32,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,7 +166,10 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
     wall = time.perf_counter() - start
     print(f"  {tag}: {wall:.0f} s", flush=True)
     if task.get("evaluate") == "cartoonizer":  # the script trains; the bench scores the adapter
-        done.write_text(json.dumps(evaluate_cartoonizer(out, wall, usage), indent=2))
+        # one at a time: diffusers' loading patches torch's parameter creation process-wide (to the meta
+        # device), which turned a concurrent evaluation's adapter parameters into no-ops
+        with EVALUATION_LOCK:
+            done.write_text(json.dumps(evaluate_cartoonizer(out, wall, usage), indent=2))
     return json.loads(done.read_text())
 
 
@@ -216,6 +220,7 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 
 JOBS = 1  # runs at once (--jobs): independent processes, one torch thread each
+EVALUATION_LOCK = threading.Lock()
 FINISHED_ONLY = False  # --finished_only: tabulate the runs that exist, start none
 SEEDS = 3
 

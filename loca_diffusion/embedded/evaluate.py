@@ -104,6 +104,9 @@ def merged_adapter_pipeline(base_dir, adapter_dir):
             f"{adapter_dir}: {len(result.unexpected_keys)} tensors match no adapted layer of the UNet at {base_dir}, "
             f"e.g. {result.unexpected_keys[0]!r}"
         )
+    meta = [name for name, parameter in model.named_parameters() if parameter.is_meta]
+    if meta:  # e.g. created while another thread was inside a loader's empty-weights context
+        raise RuntimeError(f"{adapter_dir}: {len(meta)} adapter parameters were never materialised, e.g. {meta[0]!r}")
     pipe.unet = model.merge_and_unload()
     return pipe
 
