@@ -180,12 +180,23 @@ class EditEngine:
             already on ``device``, adapters loaded (see :meth:`load_adapters`).
         limits: request and upload limits.
         fuse: run a single adapter at strength 1 fused into the weights (no per-step adapter cost).
+        cache_deltas: keep each fused adapter's dense dW, so that switching back to it skips the inverse DCT
+            (one dW per adapter and adapted layer in memory: small next to the UNet for a few adapters).
     """
 
-    def __init__(self, pipe, *, limits: Limits = Limits(), fuse: bool = True, base_label: str = "base"):
+    def __init__(
+        self,
+        pipe,
+        *,
+        limits: Limits = Limits(),
+        fuse: bool = True,
+        cache_deltas: bool = True,
+        base_label: str = "base",
+    ):
         self.pipe = pipe
         self.limits = limits if limits.max_side is not None else replace(limits, max_side=native_side(pipe))
         self.fuse = fuse
+        self.cache_deltas = cache_deltas
         self.base_label = base_label
         self.device = pipe.device
         self.lock = device_lock(self.device)
@@ -392,8 +403,7 @@ class EditEngine:
                 pipe.enable_loca()
             pipe.set_loca_adapters([name for name, _ in mix], [weight for _, weight in mix])
             if fuse:
-                # adapters are loaded once and switched often: keep each one's dW (small next to the UNet)
-                pipe.fuse_loca(cache_deltas=True)
+                pipe.fuse_loca(cache_deltas=self.cache_deltas)
                 state.fused = True
         state.mix = mix
         return state.fused
