@@ -315,7 +315,8 @@ def main(argv=None) -> dict:
     results = {
         "command": "python bench/app_latency.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
         "machine": machine_info(torch.device("cpu")),
-        "model": engine.base_label,
+        # the shipped model by its repository path, not this machine's absolute one
+        "model": engine.base_label.replace(str(ROOT) + "/", ""),
         "adapters": adapters_note,
         "steps": steps,
         "guidance": guidance,

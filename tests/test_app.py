@@ -439,8 +439,9 @@ def test_default_app_serves_the_embedded_model_and_its_cartoonizer(torch_single_
 
     args = parse_args(["--device", "cpu"])
     settings = start_settings(args)
-    # the embedded model edits without classifier-free guidance; another base gets the original demo's
-    assert (settings.steps, settings.guidance_scale, settings.image_guidance_scale) == (20, 1.0, 1.0)
+    # the embedded model starts at the guidance chosen on training photos (embedded_guidance.md);
+    # another base gets the original demo's
+    assert (settings.steps, settings.guidance_scale, settings.image_guidance_scale) == (20, 2.0, 1.5)
     other = start_settings(parse_args(["--base", "timbrooks/instruct-pix2pix", "--guidance_scale", "8"]))
     assert (other.guidance_scale, other.image_guidance_scale) == (8.0, 1.5)
 
