@@ -73,10 +73,14 @@ def persistent_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def train_step(model: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    """Forward + backward on a fresh copy of ``x`` (inside a network every step has a new input tensor: nothing
+    computed from the input, such as LoCA's shared input DCT, carries over from the previous step)."""
+
     def step():
-        x.grad = None
         model.zero_grad(set_to_none=True)
-        model(x).backward(grad)
+        out = model(x.detach().clone().requires_grad_(x.requires_grad))
+        if out.requires_grad:  # the frozen base layer on an input without gradient has no backward
+            out.backward(grad)
 
     return step
 

@@ -24,7 +24,8 @@ stood alone: all its parameters and buffers (base included), the AdamW state, th
 inference weight cache, plus the largest amount allocated during one step (CPU: the profiler's
 allocation events; CUDA: ``max_memory_allocated``); see ``bench/timing.py``.
 
-    python bench/unet_step.py [--quick] [--device cpu|cuda] [--repeats N] [--json PATH]
+    python bench/unet_step.py [--quick] [--device cpu|cuda] [--resolution PX] [--repeats N] [--json PATH]
+    python bench/unet_step.py --curve [...]   # step time vs B (LoCA, FourierFT) and vs rank (LoRA), with a plot
 
 ``--quick`` uses a reduced UNet (block_out_channels (32, 64), cross_attention_dim 32, 128 px, B = 100 and
 500) so that a smoke test runs in seconds.
@@ -89,6 +90,11 @@ QUICK_UNET = dict(
 )
 FULL_FREQUENCIES = (1000, 5000)
 QUICK_FREQUENCIES = (100, 500)  # the quick UNet's smallest target layer is 32x32
+# --curve: how the step grows with the adapter's size (LoCA / FourierFT over B, LoRA over its rank)
+CURVE_FREQUENCIES = (1000, 2500, 5000, 10000, 20000)
+CURVE_RANKS = (4, 8, 16, 32, 64)
+QUICK_CURVE_FREQUENCIES = (100, 300, 1000)
+QUICK_CURVE_RANKS = (4, 16)
 CONTEXT_TOKENS = 77
 
 
@@ -370,6 +376,24 @@ def run(config: dict, frequencies, device, repeats: int, warmup: int = 2, verbos
     return records
 
 
+def run_curve(config: dict, frequencies, ranks, device, repeats: int, warmup: int, verbose: bool) -> list[dict]:
+    """Training steps only: LoCA and FourierFT at every B, LoRA at every rank, all round-robin in one run."""
+    start = time.perf_counter()
+    unet = build_unet(config, device)
+    inputs = Inputs(config, device)
+    cases = [TrainCase(unet, "loca", n_frequency=b) for b in frequencies]
+    cases += [TrainCase(unet, "fourierft", n_frequency=b) for b in frequencies]
+    cases += [TrainCase(unet, "lora", rank=r) for r in ranks]
+    log(f"built {len(cases)} training models: {', '.join(c.name for c in cases)}", start)
+    steps = {c.name: c.step_fn(inputs) for c in cases}
+    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose))
+    log("done", start)
+    return [
+        record("train", c.method, c.n_frequency, c.rank, ms[c.name], 0, 0, trainable_params=n_params(trainable(c.model)))
+        for c in cases
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -510,6 +534,59 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def curve_markdown(result: dict) -> str:
+    meta, records = result["setup"], result["records"]
+    lines = [
+        "# UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank",
+        "",
+        machine_line(result["machine"]),
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"The model and step of `unet_step_{result['machine']['device']}.md` ({meta['resolution_px']} px, "
+        f"{meta['target_layers']} adapted layers), training steps only, LoCA in the coefficient phase; median of "
+        f"{meta['repeats']} round-robin repetitions after {meta['warmup']} warm-up steps, all "
+        f"{len(records)} models in one run. Plot: `{meta['plot']}`. Wall time {result['wall_s']:.0f} s.",
+        "",
+        "| method | B / rank | trainable params | step ms | / LoRA r=4 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    smallest = find(records, "train", "lora", rank=min(r["rank"] for r in records if r["rank"]))
+    for r in records:
+        lines.append(
+            f"| {r['method']} | {label(r)} | {r['trainable_params']:,} | {r['step_ms']:.1f} | "
+            f"{r['step_ms'] / smallest['step_ms']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def curve_plot(records: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, marker in (("loca", "o"), ("fourierft", "s"), ("lora", "^")):
+        rows = [r for r in records if r["method"] == method]
+        ax.plot(
+            [r["trainable_params"] for r in rows], [r["step_ms"] / 1e3 for r in rows], marker=marker,
+            label={"loca": "LoCA (B)", "fourierft": "FourierFT (B)", "lora": "LoRA (rank)"}[method],
+        )  # fmt: skip
+        for r in rows:
+            ax.annotate(label(r), (r["trainable_params"], r["step_ms"] / 1e3), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (whole UNet)")
+    ax.set_ylabel("training step (s)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -518,14 +595,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5; quick: 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (the .md goes next to it)")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="image size in px, a multiple of 64 (default 256; quick: 128)"
+    )
+    parser.add_argument(
+        "--curve", action="store_true", help="step time vs B (LoCA, FourierFT) and vs rank (LoRA), with a plot"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     config, frequencies = (QUICK_UNET, QUICK_FREQUENCIES) if args.quick else (SD15_UNET, FULL_FREQUENCIES)
+    if args.resolution is not None:
+        if args.resolution % 64:  # latents are 8x smaller and the UNet halves them three times
+            parser.error(f"--resolution must be a multiple of 64, got {args.resolution}")
+        config = dict(config, sample_size=args.resolution // 8)
     repeats = args.repeats or (2 if args.quick else 5)
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    suffix = ("_quick" if args.quick else "") + (f"_{args.resolution}" if args.resolution not in (None, 256) else "")
+    if args.curve:
+        return main_curve(args, argv, config, device, repeats, tag, suffix)
     start = time.perf_counter()
     records = run(config, frequencies, device, repeats, args.warmup, verbose=not args.quick)
     wall = time.perf_counter() - start
-    tag = "cuda" if device.type == "cuda" else "cpu"
     rows = summary(records, frequencies)
     unet_parameters, target_layers = count_unet(config)
     result = {
@@ -555,10 +645,43 @@ def main(argv=None) -> dict:
         "targets": targets(rows, frequencies[0]),
         "records": records,
     }
-    json_path = args.json or RESULTS / f"unet_step_{tag}{'_quick' if args.quick else ''}.json"
+    json_path = args.json or RESULTS / f"unet_step_{tag}{suffix}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))
     md = markdown(result)
+    json_path.with_suffix(".md").write_text(md)
+    print(md)
+    return result
+
+
+def main_curve(args, argv: list[str], config: dict, device, repeats: int, tag: str, suffix: str) -> dict:
+    frequencies, ranks = (QUICK_CURVE_FREQUENCIES, QUICK_CURVE_RANKS) if args.quick else (CURVE_FREQUENCIES, CURVE_RANKS)
+    start = time.perf_counter()
+    records = run_curve(config, frequencies, ranks, device, repeats, args.warmup, verbose=not args.quick)
+    json_path = args.json or RESULTS / f"unet_step_curve_{tag}{suffix}.json"
+    plot_path = json_path.with_suffix(".png")
+    result = {
+        "machine": machine_info(device),
+        "setup": {
+            "command": " ".join(["python bench/unet_step.py", *argv]),
+            "quick": args.quick,
+            "unet_config": config,
+            "target_layers": count_unet(config)[1],
+            "resolution_px": config["sample_size"] * 8,
+            "n_frequencies": list(frequencies),
+            "lora_ranks": list(ranks),
+            "repeats": repeats,
+            "warmup": args.warmup,
+            "plot": plot_path.name,
+        },
+        "wall_s": round(time.perf_counter() - start, 1),
+        "records": records,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1))
+    curve_plot(records, plot_path, f"UNet training step vs adapter size ({result['setup']['resolution_px']} px, "
+               f"{result['machine']['cpu']}, {result['machine']['device']})")  # fmt: skip
+    md = curve_markdown(result)
     json_path.with_suffix(".md").write_text(md)
     print(md)
     return result

@@ -156,9 +156,14 @@ class LoCASchedule:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Advance one optimizer step: keep locations inside ``[0, 1]`` and enter the next phase."""
-        for p in self.location_parameters():
-            p.clamp_(0.0, 1.0)
+        """Advance one optimizer step: keep locations inside ``[0, 1]`` and enter the next phase.
+
+        Only a step that trained the locations can have moved them; coefficient steps leave them (and their
+        version counters, which the layers' cached location plans key on) untouched.
+        """
+        if self.phase() in (LOCATIONS, JOINT):
+            for p in self.location_parameters():
+                p.clamp_(0.0, 1.0)
         self.step_count += 1
         self._apply()
 

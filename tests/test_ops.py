@@ -24,6 +24,8 @@ from loca_diffusion.tuners.loca.ops import (
 from _reference import explicit_dct_matrix
 
 STRATEGIES = ["weight", "hybrid", "activation"]
+# every strategy, and the spectral ones with every DCT method (the weight strategy uses no feature-major DCT)
+ROUTES = [("weight", None)] + [(s, m) for s in ("hybrid", "activation") for m in ("matrix", "fft", "scipy")]
 
 
 def formula_delta(coefficients, indices, d_out, d_in, scale):
@@ -101,9 +103,9 @@ def _setup(d_out=9, d_in=7, b=12, tokens=(2, 5), seed=0, dtype=torch.float64):
     return x, w, bias, coef, loc, idx
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy,transform", ROUTES)
 @pytest.mark.parametrize("fan_in_fan_out", [False, True])
-def test_output_and_gradients_match_dense_reference(strategy, fan_in_fan_out):
+def test_output_and_gradients_match_dense_reference(strategy, transform, fan_in_fan_out):
     x, w, bias, coef, loc, idx = _setup()
     scale = 0.7
     target = torch.randn(2, 5, 9, dtype=torch.float64)
@@ -111,7 +113,18 @@ def test_output_and_gradients_match_dense_reference(strategy, fan_in_fan_out):
     ref_gx, ref_gc = torch.autograd.grad((ref_out * target).sum(), [x, coef])
 
     weight = w.T.contiguous() if fan_in_fan_out else w
-    out = loca_linear(x, weight, bias, fan_in_fan_out, strategy, [AdapterCall(scale, "central")], [coef], [loc], [idx])
+    out = loca_linear(
+        x,
+        weight,
+        bias,
+        fan_in_fan_out,
+        strategy,
+        [AdapterCall(scale, "central")],
+        [coef],
+        [loc],
+        [idx],
+        transform=transform,
+    )
     gx, gc = torch.autograd.grad((out * target).sum(), [x, coef])
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(gx, ref_gx)
@@ -140,9 +153,9 @@ def brute_force_location_grad(loss_of_indices, idx, d_out, d_in, mode):
     return grad
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy,transform", ROUTES)
 @pytest.mark.parametrize("mode", ["central", "forward", "backward"])
-def test_location_gradient_equals_brute_force_for_linear_loss(strategy, mode):
+def test_location_gradient_equals_brute_force_for_linear_loss(strategy, transform, mode):
     x, w, bias, coef, loc, idx = _setup()
     target = torch.randn(2, 5, 9, dtype=torch.float64)
     scale = 1.3
@@ -150,14 +163,16 @@ def test_location_gradient_equals_brute_force_for_linear_loss(strategy, mode):
     def loss(indices):
         return (F.linear(x, w + dense_delta_weight(coef, indices, 9, 7, scale), bias) * target).sum()
 
-    out = loca_linear(x, w, bias, False, strategy, [AdapterCall(scale, mode)], [coef], [loc], [idx])
+    out = loca_linear(
+        x, w, bias, False, strategy, [AdapterCall(scale, mode)], [coef], [loc], [idx], transform=transform
+    )
     (grad_loc,) = torch.autograd.grad((out * target).sum(), [loc])
     expected = brute_force_location_grad(lambda i: loss(i).detach(), idx, 9, 7, mode)
     torch.testing.assert_close(grad_loc.double(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_location_gradient_is_first_order_for_nonlinear_loss(strategy):
+@pytest.mark.parametrize("strategy,transform", ROUTES)
+def test_location_gradient_is_first_order_for_nonlinear_loss(strategy, transform):
     x, w, bias, coef, loc, idx = _setup()
     with torch.no_grad():
         coef.mul_(1e-3)  # small dW: the loss is close to linear in it
@@ -167,7 +182,9 @@ def test_location_gradient_is_first_order_for_nonlinear_loss(strategy):
         out = F.linear(x, w + dense_delta_weight(coef, indices, 9, 7, 1.0), bias)
         return ((torch.tanh(out) - target) ** 2).mean()
 
-    out = loca_linear(x, w, bias, False, strategy, [AdapterCall(1.0, "central")], [coef], [loc], [idx])
+    out = loca_linear(
+        x, w, bias, False, strategy, [AdapterCall(1.0, "central")], [coef], [loc], [idx], transform=transform
+    )
     (grad_loc,) = torch.autograd.grad(((torch.tanh(out) - target) ** 2).mean(), [loc])
     expected = brute_force_location_grad(lambda i: loss(i).detach(), idx, 9, 7, "central")
     scale = expected.abs().max()
@@ -175,15 +192,15 @@ def test_location_gradient_is_first_order_for_nonlinear_loss(strategy):
     assert (grad_loc.double() - expected).abs().max() / scale < 1e-2
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_two_adapters_add_up_and_location_grad_off_gives_zeros(strategy):
+@pytest.mark.parametrize("strategy,transform", ROUTES)
+def test_two_adapters_add_up_and_location_grad_off_gives_zeros(strategy, transform):
     x, w, bias, coef, loc, idx = _setup()
     coef2 = torch.randn(5, dtype=torch.float64, requires_grad=True)
     idx2 = torch.tensor([[1, 2, 3, 1, 8], [0, 6, 2, 0, 3]])
     loc2 = indices_to_locations(idx2, 9, 7).double().requires_grad_(True)
     ref = F.linear(x, w + dense_delta_weight(coef, idx, 9, 7, 0.5) + dense_delta_weight(coef2, idx2, 9, 7, 2.0), bias)
     calls = [AdapterCall(0.5, "central"), AdapterCall(2.0, None)]
-    out = loca_linear(x, w, bias, False, strategy, calls, [coef, coef2], [loc, loc2], [idx, idx2])
+    out = loca_linear(x, w, bias, False, strategy, calls, [coef, coef2], [loc, loc2], [idx, idx2], transform=transform)
     torch.testing.assert_close(out, ref)
     g_ref = torch.autograd.grad(ref.square().sum(), [coef, coef2])
     g = torch.autograd.grad(out.square().sum(), [coef, coef2, loc2])
@@ -192,15 +209,17 @@ def test_two_adapters_add_up_and_location_grad_off_gives_zeros(strategy):
     assert torch.count_nonzero(g[2]) == 0  # off-phase locations get exact zeros (DDP still sees a grad)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy,transform", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_base_weights(strategy, dtype):
+def test_half_precision_base_weights(strategy, transform, dtype):
     torch.manual_seed(0)
     x = torch.randn(3, 16).to(dtype).requires_grad_(True)
     w = (torch.randn(12, 16) * 0.1).to(dtype)
     coef = (torch.randn(10) * 0.1).requires_grad_(True)
     idx = torch.stack([torch.randint(0, 12, (10,)), torch.randint(0, 16, (10,))])
-    out = loca_linear(x, w, None, False, strategy, [AdapterCall(1.0, None)], [coef], [None], [idx])
+    out = loca_linear(
+        x, w, None, False, strategy, [AdapterCall(1.0, None)], [coef], [None], [idx], transform=transform
+    )
     assert out.dtype == dtype
     ref = F.linear(x.double(), w.double() + dense_delta_weight(coef.double(), idx, 12, 16, 1.0))
     torch.testing.assert_close(out.double(), ref, atol=3e-2, rtol=3e-2)

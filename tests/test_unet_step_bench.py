@@ -156,3 +156,27 @@ def test_cpu_peak_memory_counts_allocations_inside_ops():
         w = z + y  # noqa: F841
 
     assert peak_transient_bytes(step, CPU) == 3 * x.numel() * x.element_size()
+
+
+def test_curve_covers_every_size_and_plots(tmp_path):
+    """--curve: one training record per (method, B) and per LoRA rank, a table and a plot next to the JSON."""
+    from bench.unet_step import QUICK_CURVE_FREQUENCIES, QUICK_CURVE_RANKS
+
+    path = tmp_path / "curve.json"
+    result = main(["--quick", "--curve", "--repeats", "1", "--warmup", "0", "--json", str(path)])
+    keys = {(r["method"], r["n_frequency"], r["rank"]) for r in result["records"]}
+    expected = {(m, b, None) for m in ("loca", "fourierft") for b in QUICK_CURVE_FREQUENCIES}
+    assert keys == expected | {("lora", None, r) for r in QUICK_CURVE_RANKS}
+    # trainable parameters grow with the size: B per layer for LoCA / FourierFT, rank for LoRA
+    for method in ("loca", "fourierft", "lora"):
+        sizes = [r["trainable_params"] for r in result["records"] if r["method"] == method]
+        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), (method, sizes)
+    assert path.with_suffix(".png").stat().st_size > 0
+    assert "| loca | B=100 |" in path.with_suffix(".md").read_text()
+
+
+def test_resolution_sets_the_latent_size(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--resolution", "100", "--json", str(tmp_path / "x.json")])
+    result = main(["--quick", "--resolution", "64", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "r.json")])
+    assert result["setup"]["resolution_px"] == 64 and result["setup"]["unet_config"]["sample_size"] == 8

@@ -15,6 +15,8 @@ from transformers.pytorch_utils import Conv1D
 
 from .ops import (
     AdapterCall,
+    LayerPlan,
+    build_plan,
     choose_strategy,
     delta_weight,
     effective_weight,
@@ -76,6 +78,11 @@ class LoCALayer(BaseTunerLayer):
         # (data_ptr, version) of each location parameter last found finite: checking reads the values
         # (a device sync), so it runs only when they changed
         self.loca_finite_stamp: dict[str, tuple[int, int]] = {}
+        # the integer locations rounded from each location parameter, for the stamp they were rounded at
+        self._indices_cache: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
+        # the last LayerPlans built (everything that depends only on the locations), newest first
+        self._plans: list[tuple[tuple, tuple[torch.Tensor, ...], LayerPlan]] = []
+        self.last_strategy: Optional[str] = None  # the strategy of the last adapted forward (benchmarks read it)
         self.loca_layer_name = ""
         self.loca_strategy = "auto"
         self._disable_adapters = False
@@ -159,6 +166,9 @@ class LoCALayer(BaseTunerLayer):
             return self.loca_fixed_locations[adapter_name]
         points = self.loca_locations[adapter_name]
         stamp = (points.data_ptr(), points._version)
+        cached = self._indices_cache.get(adapter_name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         if self.loca_finite_stamp.get(adapter_name) != stamp:
             if not torch.isfinite(points).all():
                 layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
@@ -167,7 +177,24 @@ class LoCALayer(BaseTunerLayer):
                     "Inf locations; the adapter is broken (a diverged training step?)"
                 )
             self.loca_finite_stamp[adapter_name] = stamp
-        return locations_to_indices(points, self.out_features, self.in_features)
+        indices = locations_to_indices(points, self.out_features, self.in_features)
+        self._indices_cache[adapter_name] = (stamp, indices)
+        return indices
+
+    def _plan(self, indices: list[torch.Tensor], modes: list[Optional[str]]) -> LayerPlan:
+        """The :class:`LayerPlan` of these locations and stencil modes, rebuilt only when they change.
+
+        Locations are identified by their tensor (the frozen buffer, or the rounding cached per location value)
+        and its version counter; the last two plans are kept, for the alternating coefficient and location steps.
+        """
+        key = (tuple(modes), tuple(index._version for index in indices))
+        for entry_key, entry_indices, plan in self._plans:
+            if entry_key == key and all(a is b for a, b in zip(entry_indices, indices)):
+                return plan
+        plan = build_plan(indices, modes, self.out_features, self.in_features)
+        self._plans.insert(0, (key, tuple(indices), plan))
+        del self._plans[2:]
+        return plan
 
     def locations_frozen(self, adapter_name: str) -> bool:
         return self.loca_frozen[adapter_name]
@@ -286,8 +313,14 @@ class Linear(nn.Module, LoCALayer):
         self._weight_cache = None
         if self.loca_delta_cache is not None:
             self.loca_delta_cache.clear()
-        self.loca_finite_stamp.clear()
+        self._forget_locations()
         return super().train(mode)
+
+    def _forget_locations(self) -> None:
+        """Drop everything derived from the location values (finiteness checks, rounding, plans)."""
+        self.loca_finite_stamp.clear()
+        self._indices_cache.clear()
+        self._plans.clear()
 
     def _apply(self, fn, recurse=True):
         # `model.to(torch.bfloat16)` / `.half()` after injection would cast the [0, 1]-scaled locations
@@ -305,6 +338,7 @@ class Linear(nn.Module, LoCALayer):
         self._weight_cache = None
         if self.loca_delta_cache is not None:
             self.loca_delta_cache.clear()
+        self._forget_locations()
         return super()._apply(fn, recurse=False)
 
     # ------------------------------------------------------------------ delta weights and merging
@@ -454,7 +488,10 @@ class Linear(nn.Module, LoCALayer):
                 sum(self.loca_n_frequency[n] for n in active),
                 n_points,
                 grad_wanted,
+                input_grad=grad_wanted and x.requires_grad,
             )
+        self.last_strategy = strategy
+        indices = [self.get_locations(n) for n in active]
         return loca_linear(
             x,
             base.weight,
@@ -464,7 +501,8 @@ class Linear(nn.Module, LoCALayer):
             calls,
             coefficients,
             locations,
-            [self.get_locations(n) for n in active],
+            indices,
+            plan=self._plan(indices, [call.location_grad for call in calls]),
         )
 
     def __repr__(self) -> str:

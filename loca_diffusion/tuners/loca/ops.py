@@ -9,45 +9,40 @@ For a weight ``W`` of shape ``(d_out, d_in)`` one adapter adds ``dW = scale * C_
   borders and in the ``forward`` / ``backward`` variants), times ``d_out - 1`` for locations scaled to
   ``[0, 1]``; likewise for columns.
 
-Only the ``G`` entries at those stencil points are ever computed. Three strategies compute the layer:
+Only the ``G`` entries at those stencil points are ever computed. ``S`` is a sparse matrix: its pattern (a CSR
+structure, :class:`SparsePattern`) depends only on the locations and is built once per set of locations
+(:class:`LayerPlan`), its values are the coefficients of the step. With the DCTs of the tokens in feature-major
+layout (``dct_t``: one coefficient per row), every product with ``S`` is a sparse-dense matrix product over
+``B x T`` entries, and the ``G`` entries are a sampled product ``G[p] = DCT(grad_y)[r_p, :] . DCT(x)[c_p, :]``
+(``torch.sparse.sampled_addmm``). Three strategies compute the layer:
 
-* ``weight``: forward with ``W + dW`` (one GEMM); backward rebuilds ``W + dW`` for the input gradient
-  and reads ``G`` from the dense weight gradient (one extra GEMM plus a fast 2-D DCT);
-* ``hybrid``: the same forward; ``G`` entries come from the DCT spectra of ``x`` and ``grad_y``
-  (``G[r, c] = sum_t DCT(grad_y)[t, r] DCT(x)[t, c]``), which avoids the extra GEMM;
-* ``activation``: never builds ``dW``: ``y = base(x) + scale * iDCT_out(scatter_rows(a * DCT_in(x)[:, cols]))``
-  and the same spectral gradients; cheapest when there are few tokens.
+* ``weight``: forward with ``W + dW`` (one GEMM); ``G`` from the dense weight gradient (one extra GEMM plus a
+  fast DCT);
+* ``hybrid``: the same forward; ``G`` from the DCTs of ``x`` and ``grad_y`` by the sampled product, which avoids
+  the extra GEMM;
+* ``activation``: never builds ``dW``: ``y = base(x) + iDCT_out(S DCT_in(x))`` (and ``S^T`` for the input
+  gradient), the same sampled ``G``; cheapest when there are few tokens.
 
-``auto`` picks the cheapest by a cost model (:func:`choose_strategy`). Nothing ``d_out x d_in`` sized is
-kept between forward and backward.
+``auto`` picks the cheapest by a cost model (:func:`choose_strategy`), and each transform its method
+(:func:`choose_transform`: a dense DCT-matrix product for small sizes, else a fast DCT). Layers reading the same
+input (``to_q``/``to_k``/``to_v``) share one DCT of it (:func:`shared_input_dct`). ``W + dW`` is kept between
+forward and backward only when it is no larger than the layer's input.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+import weakref
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from ...dct import (
-    _column_map,
-    dct,
-    dct_columns,
-    dct_matrix,
-    dct_spectrum,
-    idct,
-    idct2,
-    idct_sparse_columns,
-    working_dtype,
-)
+from ...dct import _scipy_fft, dct, dct_matrix, dct_t, idct, idct2, idct_t, working_dtype
 
 LOCATION_GRAD_MODES = ("central", "forward", "backward")
 STRATEGIES = ("auto", "weight", "hybrid", "activation")
-
-# Bound on the temporary (tokens x stencil points) blocks of the sampled gradient, in elements.
-_SAMPLED_BLOCK_ELEMENTS = 1 << 20
-
 
 def locations_to_indices(locations: torch.Tensor, d_out: int, d_in: int) -> torch.Tensor:
     """Round continuous locations in ``[0, 1]`` (shape ``[2, B]``) to integer ``(row, col)`` indices."""
@@ -63,14 +58,19 @@ def indices_to_locations(indices: torch.Tensor, d_out: int, d_in: int) -> torch.
 
 
 def delta_weight(
-    coefficients: torch.Tensor, indices: torch.Tensor, d_out: int, d_in: int, scale: float
+    coefficients: torch.Tensor,
+    indices: torch.Tensor,
+    d_out: int,
+    d_in: int,
+    scale: float,
+    method: str | None = None,
 ) -> torch.Tensor:
     """``scale * C_out^T S C_in`` in float32, shape ``(d_out, d_in)``; coincident locations add up.
 
     Built as ``(C_out^T S) C_in``: the left factor is a scatter of ``B`` scaled DCT rows (``B * d_out``
-    work) and the right one a single fast inverse DCT pass. A pass costs about eight elementwise sweeps
-    of the matrix, so only beyond ~3 coefficients per column do a dense ``S`` and a fast 2-D inverse
-    DCT (two passes) win.
+    work) and the right one a single inverse DCT pass. A pass costs several elementwise sweeps of the
+    matrix, so only beyond ~3 coefficients per column do a dense ``S`` and a 2-D inverse DCT (two passes)
+    win. ``method``: the DCT implementation (see :mod:`loca_diffusion.dct`).
     """
     device = coefficients.device
     dtype = working_dtype(coefficients.dtype)
@@ -79,10 +79,10 @@ def delta_weight(
     if values.numel() >= 3 * d_in:
         spectrum = torch.zeros(d_out, d_in, device=device, dtype=dtype)
         spectrum.index_put_((rows, cols), values, accumulate=True)
-        return idct2(spectrum)
+        return idct2(spectrum, method)
     left = torch.zeros(d_out, d_in, device=device, dtype=dtype)
     left.index_add_(1, cols, (dct_matrix(d_out, device, dtype).index_select(0, rows) * values[:, None]).T)
-    return idct(left, dim=-1)
+    return idct(left, dim=-1, method=method)
 
 
 def dense_delta_weight(
@@ -162,31 +162,6 @@ def gradients_from_stencil(
     return grad_coefficients, grad_locations
 
 
-def sampled_dct_products(
-    spectrum_g: torch.Tensor, spectrum_x: torch.Tensor, d_out: int, d_in: int, rows: torch.Tensor, cols: torch.Tensor
-) -> torch.Tensor:
-    """``G[rows[p], cols[p]]`` with ``G = DCT(grad_y)^T DCT(x)``, from the two half spectra (``[T, h]``).
-
-    A DCT column is ``re_k * Re(V[:, k']) + im_k * Im(V[:, k'])`` of a half-spectrum column, so each entry
-    is a 2x2 block of token inner products between real/imaginary planes, contracted with the twiddles:
-    one batched matmul over the gathered planes, without materialising the DCT columns.
-    """
-    src_r, re_r, im_r = _column_map(d_out, rows, spectrum_g.device, spectrum_g.real.dtype)
-    src_c, re_c, im_c = _column_map(d_in, cols, spectrum_x.device, spectrum_x.real.dtype)
-    planes_g = torch.view_as_real(spectrum_g).permute(1, 2, 0)  # (h_out, 2, T) view
-    planes_x = torch.view_as_real(spectrum_x).permute(1, 2, 0)
-    tokens = spectrum_g.shape[0]
-    out = torch.empty(rows.numel(), device=spectrum_g.device, dtype=spectrum_g.real.dtype)
-    block = max(1, _SAMPLED_BLOCK_ELEMENTS // max(2 * tokens, 1))
-    for start in range(0, rows.numel(), block):
-        sl = slice(start, min(start + block, rows.numel()))
-        blocks = torch.bmm(planes_g.index_select(0, src_r[sl]), planes_x.index_select(0, src_c[sl]).transpose(1, 2))
-        w_g = torch.stack([re_r[sl], im_r[sl]], dim=-1)  # (p, 2)
-        w_x = torch.stack([re_c[sl], im_c[sl]], dim=-1)
-        out[sl] = torch.einsum("pi,pij,pj->p", w_g, blocks, w_x)
-    return out
-
-
 def weight_gradient_dct_products(grad_weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``G[rows[p], cols[p]]`` with ``G = C_out Gw C_in^T``, from the dense weight gradient ``Gw``."""
     d_out, d_in = grad_weight.shape
@@ -197,46 +172,219 @@ def weight_gradient_dct_products(grad_weight: torch.Tensor, rows: torch.Tensor, 
     return torch.linalg.vecdot(c_out.index_select(0, rows), half.index_select(1, cols).T, dim=-1)
 
 
+
 # ----------------------------------------------------------------------------------------------------
-# strategy choice
+# sparse patterns and per-location plans
 
 
-# Seconds per unit of work, by device type: a multiply-add of a GEMM, an element of an FFT pass (the
-# reorder and real FFT, log factor included at typical sizes), an element of an elementwise or gather
-# pass, and an element of the sampled gradient (two column reconstructions and a dot product).
-# CPU numbers were measured on a 2-core x86 machine with MKL; CUDA numbers are H100-class estimates.
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch flags every CSR tensor as a beta feature (once per process)
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+@dataclass
+class SparsePattern:
+    """``P`` points of an ``(n_rows, n_cols)`` grid as a CSR structure; repeated points share one entry.
+
+    ``slot[p]`` is the CSR entry of point ``p``. Depends only on the points: built once per set of locations.
+    """
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    slot: torch.Tensor
+    shape: tuple[int, int]
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int) -> "SparsePattern":
+        unique, slot = torch.unique(rows * n_cols + cols, sorted=True, return_inverse=True)
+        crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+        crow[1:] = torch.bincount(unique // n_cols, minlength=n_rows).cumsum(0)
+        return cls(crow=crow, col=unique % n_cols, slot=slot, shape=(n_rows, n_cols))
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse matrix holding ``values[p]`` at point ``p`` (repeated points add up)."""
+        entries = values.new_zeros(self.col.numel()).index_add_(0, self.slot, values)
+        return _csr(self.crow, self.col, entries, self.shape)
+
+    def sample(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``(left @ right)[rows[p], cols[p]]`` for every point, computing only those entries.
+
+        ``left`` is ``(n_rows, T)``, ``right`` ``(T, n_cols)``; fastest with contiguous rows of ``left`` and
+        contiguous columns of ``right`` (the transposed view of a feature-major DCT).
+        """
+        mask = self._masks.get(left.dtype)
+        if mask is None:
+            mask = self._masks[left.dtype] = _csr(
+                self.crow, self.col, left.new_zeros(self.col.numel()), self.shape
+            )
+        return torch.sparse.sampled_addmm(mask, left, right, beta=0.0).values()[self.slot]
+
+
+@dataclass
+class LayerPlan:
+    """What one call of a layer needs that depends only on its adapters' locations and stencil modes.
+
+    ``forward``: ``S`` on the ``(d_out, d_in)`` grid (all adapters' coefficients, concatenated); ``transpose``:
+    ``S^T``; ``gradient``: the stencil points whose ``G`` entries the gradients need; ``stencils``: one per
+    adapter, in the order of the gradient pattern's points.
+    """
+
+    forward: SparsePattern
+    transpose: SparsePattern
+    gradient: SparsePattern
+    stencils: list[Stencil]
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def build_plan(indices, modes, d_out: int, d_in: int) -> LayerPlan:
+    """The :class:`LayerPlan` of adapters with integer ``indices`` (``[2, B_i]`` each) and stencil ``modes``
+    (a location-gradient mode, or None for coefficients only)."""
+    rows = torch.cat([index[0] for index in indices])
+    cols = torch.cat([index[1] for index in indices])
+    stencils = [make_stencil(index, d_out, d_in, mode) for index, mode in zip(indices, modes)]
+    forward = SparsePattern.build(rows, cols, d_out, d_in)
+    if all(mode is None for mode in modes):
+        gradient = forward
+    else:
+        gradient = SparsePattern.build(
+            torch.cat([st.rows for st in stencils]), torch.cat([st.cols for st in stencils]), d_out, d_in
+        )
+    return LayerPlan(
+        forward=forward,
+        transpose=SparsePattern.build(cols, rows, d_in, d_out),
+        gradient=gradient,
+        stencils=stencils,
+        rows=rows,
+        cols=cols,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# cost model
+
+
+# Seconds per unit of work, by device type: ``mac`` a multiply-add of a dense GEMM; ``dct`` an element of a
+# fast DCT of a (T, n) block (log factor included at typical sizes; ``dct_fft`` the torch.fft form, ``dct``
+# scipy's native one); ``sparse`` an (entry, token) pair of a CSR product or sampled product; ``mem`` an element
+# of an elementwise pass; ``op`` the fixed cost of one op launch. CPU: measured on one core of a shared 2-core
+# AMD EPYC with MKL (bench/unet_layers.py). CUDA: H100-class estimates, NOT calibrated (no GPU run yet).
 _COSTS = {
-    "cpu": {"mac": 1.6e-11, "fft": 2.8e-9, "mem": 0.5e-9, "sample": 7.0e-9},
-    "cuda": {"mac": 2.0e-14, "fft": 1.5e-11, "mem": 4.0e-12, "sample": 2.0e-11},
+    "cpu": {"mac": 3.0e-11, "dct": 2.2e-9, "dct_fft": 4.0e-9, "sparse": 2.0e-10, "mem": 0.6e-9, "op": 1.0e-5},
+    "cuda": {"mac": 2.0e-14, "dct": 1.5e-11, "dct_fft": 1.5e-11, "sparse": 5.0e-12, "mem": 4.0e-12, "op": 8.0e-6},
 }
+COSTS_CALIBRATED = {"cpu": True, "cuda": False}
+
+
+def _constants(device_type: str) -> dict:
+    return _COSTS.get(device_type, _COSTS["cuda"])
 
 
 @lru_cache(maxsize=4096)
-def _strategy_costs(device_type: str, d_out: int, d_in: int, tokens: int, n_coef: int, n_points: int, grads: bool):
-    k = _COSTS.get(device_type, _COSTS["cuda"])
+def choose_transform(device_type: str, n: int, tokens: int) -> str:
+    """The cheaper DCT method for ``tokens`` vectors of length ``n``: a dense product with the DCT matrix
+    (``n * n`` multiply-adds per vector) or a fast transform (scipy's on CPU when available, else torch.fft)."""
+    k = _constants(device_type)
+    fast = "scipy" if device_type == "cpu" and _scipy_fft() is not None else "fft"
+    fast_cost = k["dct" if fast == "scipy" else "dct_fft"] * tokens * n + 2 * k["op"]
+    return "matrix" if k["mac"] * tokens * n * n + k["op"] <= fast_cost else fast
+
+
+def _transform_cost(k: dict, device_type: str, n: int, tokens: int) -> float:
+    method = choose_transform(device_type, n, tokens)
+    if method == "matrix":
+        return k["mac"] * tokens * n * n + k["op"]
+    return k["dct" if method == "scipy" else "dct_fft"] * tokens * n + 2 * k["op"]
+
+
+def keeps_weight(d_out: int, d_in: int, tokens: int) -> bool:
+    """Whether ``W + dW`` is kept from forward to backward (else rebuilt): when no larger than the input."""
+    return d_out * d_in <= tokens * d_in
+
+
+@lru_cache(maxsize=4096)
+def _strategy_costs(
+    device_type: str, d_out: int, d_in: int, tokens: int, n_coef: int, n_points: int, grads: bool, input_grad: bool
+) -> dict[str, float]:
+    k = _constants(device_type)
     square = d_out * d_in
-    build = k["fft"] * square + k["mem"] * (min(n_coef * d_out, square) + 2 * square)  # dW and W + dW
-    activation_forward = k["fft"] * tokens * (d_in + d_out) + k["mem"] * tokens * (2 * n_coef + d_out)
-    costs = {"weight": build, "hybrid": build, "activation": activation_forward}
+    t_in = _transform_cost(k, device_type, d_in, tokens)
+    t_out = _transform_cost(k, device_type, d_out, tokens)
+    if n_coef >= 3 * d_in:  # delta_weight's dense form: a 2-D inverse DCT
+        build = 2 * _transform_cost(k, device_type, d_in, d_out) + k["mem"] * 3 * square
+    else:  # scattered DCT rows and one inverse DCT pass
+        build = _transform_cost(k, device_type, d_in, d_out) + k["mem"] * (n_coef * d_out + 2 * square)
+    sparse = k["sparse"] * tokens * n_coef + 4 * k["op"]
+    activation = t_in + sparse + t_out + k["mem"] * tokens * d_out
+    costs = {"weight": build, "hybrid": build, "activation": activation}
     if grads:
-        gemm = k["mac"] * tokens * square
-        spectra = k["fft"] * tokens * (d_in + d_out)
-        sampled = k["sample"] * tokens * n_points
-        weight_grad = gemm + k["fft"] * square + k["mem"] * min(n_points * d_out, square)
-        costs["weight"] += build + weight_grad
-        costs["hybrid"] += build + spectra + sampled
-        costs["activation"] += (
-            k["fft"] * tokens * d_out + sampled + k["fft"] * tokens * d_in + k["mem"] * tokens * n_coef
-        )
+        sampled = k["sparse"] * tokens * n_points + 4 * k["op"]
+        rebuild = 0.0 if (keeps_weight(d_out, d_in, tokens) or not input_grad) else build
+        costs["weight"] += rebuild + k["mac"] * tokens * square + _transform_cost(k, device_type, d_in, d_out)
+        costs["hybrid"] += rebuild + t_in + t_out + sampled
+        costs["activation"] += t_out + sampled
+        if input_grad:
+            costs["activation"] += sparse + t_in + k["mem"] * tokens * d_in
     return costs
 
 
 def choose_strategy(
-    device_type: str, d_out: int, d_in: int, tokens: int, n_coef: int, n_points: int, grads: bool
+    device_type: str,
+    d_out: int,
+    d_in: int,
+    tokens: int,
+    n_coef: int,
+    n_points: int,
+    grads: bool,
+    input_grad: bool = True,
 ) -> str:
-    """The cheapest strategy for one call by the cost model (ties go to the materialized forms)."""
-    costs = _strategy_costs(device_type, d_out, d_in, tokens, n_coef, n_points, grads)
+    """The cheapest strategy for one call by the cost model (ties go to the materialized forms).
+
+    ``n_points``: stencil points of the gradient (``B``, or ``5B`` in a location step); ``grads``: whether a
+    backward follows; ``input_grad``: whether it needs the input gradient.
+    """
+    costs = _strategy_costs(device_type, d_out, d_in, tokens, n_coef, n_points, grads, input_grad)
     return min(("weight", "hybrid", "activation"), key=lambda s: costs[s])
+
+
+# ----------------------------------------------------------------------------------------------------
+# the input DCT shared by sibling layers
+
+
+_shared = {"entries": []}
+# Self-attention's q/k/v read one tensor; cross-attention's q reads the hidden states and k/v the text states,
+# which every cross-attention block of a UNet reads again: with the least recently used entry dropped first,
+# three entries keep the text's DCT for the whole step.
+_SHARED_ENTRIES = 3
+
+
+def shared_input_dct(x: torch.Tensor, method: str) -> torch.Tensor:
+    """``dct_t`` of the rows of ``x`` (any leading shape), computed once for layers that read the same tensor.
+
+    Sibling projections (``to_q``, ``to_k``, ``to_v``) are called one after another on the same input tensor:
+    the last few results are remembered, keyed by the tensor itself (weakly referenced) and its version
+    counter, so that an in-place change or a new tensor at the same address is never mistaken for it.
+    """
+    if x.is_inference():  # no version counter to key on (and no backward to share with)
+        with torch.no_grad():
+            return dct_t(x.reshape(-1, x.shape[-1]), method)
+    entries = _shared["entries"]
+    for i, (ref, version, key, value) in enumerate(entries):
+        if ref() is x and version == x._version and key == method:
+            entries.insert(0, entries.pop(i))
+            return value
+    with torch.no_grad():
+        value = dct_t(x.reshape(-1, x.shape[-1]), method)
+    entries.insert(0, (weakref.ref(x), x._version, method, value))
+    del entries[_SHARED_ENTRIES:]
+    return value
+
+
+def clear_shared_input_dct() -> None:
+    """Forget the remembered input DCTs (they are also replaced as new inputs arrive)."""
+    _shared["entries"].clear()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,16 +399,25 @@ class AdapterCall:
     location_grad: str | None  # stencil mode when location gradients are wanted, else None
 
 
-def _sparse_through_spectrum(spectrum, n_read, n_write, coefficients, calls, read, write) -> torch.Tensor:
-    """The activation strategy's product with the sparse spectrum, ``sum_i scale_i * S_i`` between two DCTs: the
-    DCT columns ``read[i]`` of ``spectrum`` (the real-FFT spectrum of inputs of length ``n_read``), weighted by
-    the coefficients, summed into the columns ``write[i]`` of an inverse DCT of length ``n_write``. Forward:
-    read the input columns, write the output rows; backward (the transpose): the other way round."""
-    values = [
-        dct_columns(spectrum, n_read, where) * (coef.detach().to(spectrum.real.dtype) * call.scale)
-        for coef, where, call in zip(coefficients, read, calls)
-    ]
-    return idct_sparse_columns(torch.cat(values, dim=-1), torch.cat(list(write)), n_write)
+@dataclass(frozen=True)
+class Route:
+    """How one call computes: the strategy and the DCT method of each side (``dct_t`` / ``idct_t``)."""
+
+    strategy: str
+    method_in: str | None = None
+    method_out: str | None = None
+
+
+def resolve_route(
+    device_type: str, strategy: str, d_out: int, d_in: int, tokens: int, transform: str | None = None
+) -> Route:
+    """A resolved ``strategy`` with the transform methods the cost model picks for this call (or ``transform``
+    for both sides when given)."""
+    if transform is not None:
+        return Route(strategy, transform, transform)
+    return Route(
+        strategy, choose_transform(device_type, d_in, tokens), choose_transform(device_type, d_out, tokens)
+    )
 
 
 def effective_weight(
@@ -274,15 +431,20 @@ def effective_weight(
     return total.to(weight.dtype)
 
 
+def _scaled_values(coefficients, calls, dtype) -> torch.Tensor:
+    return torch.cat([coef.detach().to(dtype) * call.scale for coef, call in zip(coefficients, calls)])
+
+
 class LoCALinearFunction(torch.autograd.Function):
     """``y = x (W + sum_i dW_i)^T + b`` with LoCA coefficient and location gradients.
 
     Inputs after the fixed ones come in groups of three per adapter: ``coefficients`` ``[B]``,
     ``locations`` (the ``[2, B]`` float parameter, or None when frozen) and ``indices`` ``[2, B]``.
+    ``x_dct``: ``dct_t`` of the input rows when the caller has it (shared by sibling layers), else None.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, fan_in_fan_out, strategy, calls, *adapter_tensors):
+    def forward(ctx, x, weight, bias, fan_in_fan_out, route, calls, plan, x_dct, *adapter_tensors):
         coefficients = adapter_tensors[0::3]
         locations = adapter_tensors[1::3]
         indices = adapter_tensors[2::3]
@@ -290,41 +452,67 @@ class LoCALinearFunction(torch.autograd.Function):
         d_out = weight.shape[1] if fan_in_fan_out else weight.shape[0]
         lead = x.shape[:-1]
         x2d = x.reshape(-1, d_in)
-        saved_spectrum = None
-        if strategy == "activation":
-            base = weight.T if fan_in_fan_out else weight
+        base = weight.T if fan_in_fan_out else weight
+        kept_weight = None
+        if route.strategy == "activation":
             y = F.linear(x2d, base.to(x.dtype), None if bias is None else bias.to(x.dtype))
-            spectrum_x = dct_spectrum(x2d)
-            cols, rows = [index[1] for index in indices], [index[0] for index in indices]
-            y = y + _sparse_through_spectrum(spectrum_x, d_in, d_out, coefficients, calls, cols, rows).to(y.dtype)
-            saved_spectrum = spectrum_x
+            if x_dct is None:
+                x_dct = dct_t(x2d, route.method_in)
+            values = _scaled_values(coefficients, calls, x_dct.dtype)
+            delta = idct_t(torch.sparse.mm(plan.forward.matrix(values), x_dct), route.method_out)
+            y = y.add_(delta) if y.dtype == delta.dtype else y + delta.to(y.dtype)
         else:
             w_eff = effective_weight(weight, fan_in_fan_out, coefficients, indices, calls, d_out, d_in)
             y = F.linear(x2d, w_eff.to(x.dtype), None if bias is None else bias.to(x.dtype))
-        ctx.strategy, ctx.calls, ctx.fan_in_fan_out = strategy, calls, fan_in_fan_out
+            if keeps_weight(d_out, d_in, x2d.shape[0]):
+                kept_weight = w_eff
+        ctx.route, ctx.calls, ctx.plan, ctx.fan_in_fan_out = route, calls, plan, fan_in_fan_out
         ctx.d_out, ctx.d_in, ctx.n_adapters = d_out, d_in, len(calls)
-        ctx.has_locations = [loc is not None for loc in locations]
-        ctx.save_for_backward(x2d, weight, bias, saved_spectrum, *coefficients, *indices)
+        # the input itself is needed only for a weight gradient or the weight strategy's dense G; the spectral
+        # strategies need its DCT instead (the same size, and shared with sibling layers)
+        keep_x = ctx.needs_input_grad[1] or route.strategy == "weight"
+        ctx.save_for_backward(
+            x2d if keep_x else None,
+            weight,
+            bias,
+            x_dct if route.strategy != "weight" else None,
+            kept_weight,
+            *coefficients,
+            *indices,
+        )
+        ctx.x_meta = (x2d.shape, x2d.dtype)
         return y.reshape(*lead, d_out)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2d, weight, bias, spectrum_x, *rest = ctx.saved_tensors
+        x2d, weight, bias, x_dct, kept_weight, *rest = ctx.saved_tensors
         n = ctx.n_adapters
         coefficients, indices = rest[:n], rest[n:]
-        d_out, d_in, calls = ctx.d_out, ctx.d_in, ctx.calls
+        d_out, d_in, calls, plan, route = ctx.d_out, ctx.d_in, ctx.calls, ctx.plan, ctx.route
+        x_shape, x_dtype = ctx.x_meta
         g2d = grad_y.reshape(-1, d_out)
         needs = ctx.needs_input_grad
-        coef_needed = [needs[6 + 3 * i] for i in range(n)]
-        loc_needed = [needs[7 + 3 * i] for i in range(n)]
+        coef_needed = [needs[8 + 3 * i] for i in range(n)]
+        loc_needed = [needs[9 + 3 * i] for i in range(n)]
+        sampling = any(coef_needed) or any(
+            loc and st.with_locations for loc, st in zip(loc_needed, plan.stencils)
+        )
+        base = weight.T if ctx.fan_in_fan_out else weight
 
         grad_x = grad_weight = grad_bias = None
+        g_dct = None
+        if route.strategy != "weight" and (sampling or (needs[0] and route.strategy == "activation")):
+            g_dct = dct_t(g2d, route.method_out)
         if needs[0]:
-            if ctx.strategy == "activation":
-                base = weight.T if ctx.fan_in_fan_out else weight
+            if route.strategy == "activation":
                 grad_x = g2d @ base.to(g2d.dtype)
+                values = _scaled_values(coefficients, calls, g_dct.dtype)
+                delta = idct_t(torch.sparse.mm(plan.transpose.matrix(values), g_dct), route.method_in)
+                grad_x = grad_x.add_(delta) if grad_x.dtype == delta.dtype else grad_x + delta.to(grad_x.dtype)
             else:
-                w_eff = effective_weight(weight, ctx.fan_in_fan_out, coefficients, indices, calls, d_out, d_in)
+                w_eff = kept_weight
+                if w_eff is None:
+                    w_eff = effective_weight(weight, ctx.fan_in_fan_out, coefficients, indices, calls, d_out, d_in)
                 grad_x = g2d @ w_eff.to(g2d.dtype)
         dense_gw = None
         if needs[1]:
@@ -334,41 +522,25 @@ class LoCALinearFunction(torch.autograd.Function):
         if needs[2] and bias is not None:
             grad_bias = g2d.sum(0).to(bias.dtype)
 
-        stencils = []
-        for i in range(n):
-            mode = calls[i].location_grad if (loc_needed[i] and calls[i].location_grad) else None
-            stencils.append(make_stencil(indices[i], d_out, d_in, mode) if (coef_needed[i] or loc_needed[i]) else None)
-        active = [s for s in stencils if s is not None]
-        spectrum_g = None
-        if active:
-            rows = torch.cat([s.rows for s in active])
-            cols = torch.cat([s.cols for s in active])
-            if ctx.strategy == "weight":
+        chunks = None
+        if sampling:
+            if route.strategy == "weight":
                 if dense_gw is None:
                     work = working_dtype(g2d.dtype)
                     dense_gw = g2d.to(work).T @ x2d.to(work)
+                rows = torch.cat([st.rows for st in plan.stencils])
+                cols = torch.cat([st.cols for st in plan.stencils])
                 values = weight_gradient_dct_products(dense_gw, rows, cols)
             else:
-                spectrum_g = dct_spectrum(g2d)
-                if spectrum_x is None:
-                    spectrum_x = dct_spectrum(x2d)
-                values = sampled_dct_products(spectrum_g, spectrum_x, d_out, d_in, rows, cols)
-            chunks = iter(values.split([s.rows.numel() for s in active]))
-
-        if needs[0] and ctx.strategy == "activation":
-            if spectrum_g is None:
-                spectrum_g = dct_spectrum(g2d)
-            rows, cols = [index[0] for index in indices], [index[1] for index in indices]
-            grad_x = grad_x + _sparse_through_spectrum(spectrum_g, d_out, d_in, coefficients, calls, rows, cols).to(
-                grad_x.dtype
-            )
+                values = plan.gradient.sample(g_dct, x_dct.T)
+            chunks = iter(values.split([st.rows.numel() for st in plan.stencils]))
 
         adapter_grads = []
         for i in range(n):
             grad_coef = grad_loc = None
-            if stencils[i] is not None:
+            if chunks is not None:
                 grad_coef, grad_loc = gradients_from_stencil(
-                    next(chunks), stencils[i], coefficients[i], calls[i].scale, d_out, d_in
+                    next(chunks), plan.stencils[i], coefficients[i], calls[i].scale, d_out, d_in
                 )
                 grad_coef = grad_coef.to(coefficients[i].dtype) if coef_needed[i] else None
             if loc_needed[i] and grad_loc is None:
@@ -381,13 +553,30 @@ class LoCALinearFunction(torch.autograd.Function):
                 grad_loc = None
             adapter_grads += [grad_coef, grad_loc, None]
         if grad_x is not None:
-            grad_x = grad_x.reshape(*grad_y.shape[:-1], d_in).to(x2d.dtype)
-        return (grad_x, grad_weight, grad_bias, None, None, None, *adapter_grads)
+            grad_x = grad_x.reshape(*grad_y.shape[:-1], x_shape[-1]).to(x_dtype)
+        return (grad_x, grad_weight, grad_bias, None, None, None, None, None, *adapter_grads)
 
 
-def loca_linear(x, weight, bias, fan_in_fan_out, strategy, calls, coefficients, locations, indices):
-    """Functional entry point: see :class:`LoCALinearFunction`. ``strategy`` must be resolved (not auto)."""
+def loca_linear(
+    x, weight, bias, fan_in_fan_out, strategy, calls, coefficients, locations, indices, plan=None, transform=None
+):
+    """Functional entry point: see :class:`LoCALinearFunction`. ``strategy`` must be resolved (not auto).
+
+    ``plan``: the :class:`LayerPlan` of ``indices`` and the calls' stencil modes (built here when None; layers
+    cache it). ``transform``: the DCT method of every transform (default: the cost model's choice per size).
+    """
+    d_in = x.shape[-1]
+    d_out = weight.shape[1] if fan_in_fan_out else weight.shape[0]
+    if plan is None:
+        plan = build_plan(indices, [call.location_grad for call in calls], d_out, d_in)
+    route = resolve_route(x.device.type, strategy, d_out, d_in, x.numel() // max(d_in, 1), transform)
     flat = []
     for coef, loc, index in zip(coefficients, locations, indices):
         flat += [coef, loc, index]
-    return LoCALinearFunction.apply(x, weight, bias, fan_in_fan_out, strategy, calls, *flat)
+    backward_follows = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or any(t is not None and t.requires_grad for t in flat)
+    )
+    x_dct = None
+    if route.strategy == "activation" or (route.strategy == "hybrid" and backward_follows):
+        x_dct = shared_input_dct(x, route.method_in)
+    return LoCALinearFunction.apply(x, weight, bias, fan_in_fan_out, route, calls, plan, x_dct, *flat)
