@@ -161,7 +161,8 @@ def markdown(result: dict, baseline: dict | None) -> str:
             "",
             f"## B = {b}",
             "",
-            "| layers | shape (out x in) | tokens | input grad | count | base | LoRA r16 | LoCA | strategy | LoCA loc |"
+            "| layers | shape (out x in) | tokens | input grad | count | base | LoRA r16 | LoCA | strategy "
+            "| LoCA loc |"
             + (" LoCA before | extra before |" if baseline else "")
             + " extra ms | top LoCA ops (ms) |",
             "|---|---|---:|---|---:|---:|---:|---:|---|---:|" + ("---:|---:|" if baseline else "") + "---:|---|",
@@ -172,11 +173,10 @@ def markdown(result: dict, baseline: dict | None) -> str:
             before = ""
             if baseline:
                 old = base_rows.get((r["d_out"], r["d_in"], r["tokens"], r["input_grad"], b))
-                before = (
-                    f" {old['ms']['loca_auto']:.2f} | {old['extra_over_lora_ms']:.0f} |" if old else " - | - |"
-                )
+                before = f" {old['ms']['loca_auto']:.2f} | {old['extra_over_lora_ms']:.0f} |" if old else " - | - |"
             lines.append(
-                f"| {r['example']} | {r['d_out']}x{r['d_in']} | {r['tokens']} | {'yes' if r['input_grad'] else 'no'} | "
+                f"| {r['example']} | {r['d_out']}x{r['d_in']} | {r['tokens']} | "
+                f"{'yes' if r['input_grad'] else 'no'} | "
                 f"{r['count']} | {ms['base']:.2f} | {ms['lora_r16']:.2f} | {ms['loca_auto']:.2f} | {r['strategy']} | "
                 f"{ms['loca_location_step']:.2f} |{before} {r['extra_over_lora_ms']:.0f} | {ops} |"
             )
@@ -235,7 +235,9 @@ def main(argv=None) -> dict:
         "totals": totals(rows),
     }
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    name = f"unet_layers_{tag}{'_quick' if args.quick else ''}{'' if args.resolution == 256 else f'_{args.resolution}'}"
+    name = (
+        f"unet_layers_{tag}{'_quick' if args.quick else ''}{'' if args.resolution == 256 else f'_{args.resolution}'}"
+    )
     json_path = args.json or RESULTS / f"{name}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1))

@@ -389,7 +389,9 @@ def run_curve(config: dict, frequencies, ranks, device, repeats: int, warmup: in
     ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose))
     log("done", start)
     return [
-        record("train", c.method, c.n_frequency, c.rank, ms[c.name], 0, 0, trainable_params=n_params(trainable(c.model)))
+        record(
+            "train", c.method, c.n_frequency, c.rank, ms[c.name], 0, 0, trainable_params=n_params(trainable(c.model))
+        )
         for c in cases
     ]
 
@@ -655,7 +657,9 @@ def main(argv=None) -> dict:
 
 
 def main_curve(args, argv: list[str], config: dict, device, repeats: int, tag: str, suffix: str) -> dict:
-    frequencies, ranks = (QUICK_CURVE_FREQUENCIES, QUICK_CURVE_RANKS) if args.quick else (CURVE_FREQUENCIES, CURVE_RANKS)
+    frequencies, ranks = (
+        (QUICK_CURVE_FREQUENCIES, QUICK_CURVE_RANKS) if args.quick else (CURVE_FREQUENCIES, CURVE_RANKS)
+    )
     start = time.perf_counter()
     records = run_curve(config, frequencies, ranks, device, repeats, args.warmup, verbose=not args.quick)
     json_path = args.json or RESULTS / f"unet_step_curve_{tag}{suffix}.json"

@@ -178,5 +178,7 @@ def test_curve_covers_every_size_and_plots(tmp_path):
 def test_resolution_sets_the_latent_size(tmp_path):
     with pytest.raises(SystemExit):
         main(["--quick", "--resolution", "100", "--json", str(tmp_path / "x.json")])
-    result = main(["--quick", "--resolution", "64", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "r.json")])
+    result = main(
+        ["--quick", "--resolution", "64", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "r.json")]
+    )
     assert result["setup"]["resolution_px"] == 64 and result["setup"]["unet_config"]["sample_size"] == 8

@@ -445,8 +445,8 @@ class LoCALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, fan_in_fan_out, route, calls, plan, x_dct, *adapter_tensors):
+        # (the location parameters, adapter_tensors[1::3], are inputs only so that autograd routes their gradients)
         coefficients = adapter_tensors[0::3]
-        locations = adapter_tensors[1::3]
         indices = adapter_tensors[2::3]
         d_in = x.shape[-1]
         d_out = weight.shape[1] if fan_in_fan_out else weight.shape[0]
