@@ -461,15 +461,14 @@ def mib(n: int) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def header(title: str, result: dict) -> list[str]:
+    return ["# " + title, "", machine_line(result["machine"]), "", f"Command: `{result['setup']['command']}`", ""]
+
+
 def markdown(result: dict) -> str:
     meta, records = result["setup"], result["records"]
     lines = [
-        "# UNet training step: LoCA vs LoRA vs FourierFT (SD-1.5-sized InstructPix2Pix UNet)",
-        "",
-        machine_line(result["machine"]),
-        "",
-        f"Command: `{meta['command']}`",
-        "",
+        *header("UNet training step: LoCA vs LoRA vs FourierFT (SD-1.5-sized InstructPix2Pix UNet)", result),
         f"UNet built from its config with random weights ({meta['unet_parameters'] / 1e6:.1f}M parameters, "
         f"block_out_channels {tuple(meta['unet_config']['block_out_channels'])}, in_channels "
         f"{meta['unet_config']['in_channels']}, cross_attention_dim {meta['unet_config']['cross_attention_dim']}), "
@@ -539,12 +538,7 @@ def markdown(result: dict) -> str:
 def curve_markdown(result: dict) -> str:
     meta, records = result["setup"], result["records"]
     lines = [
-        "# UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank",
-        "",
-        machine_line(result["machine"]),
-        "",
-        f"Command: `{meta['command']}`",
-        "",
+        *header("UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank", result),
         f"The model and step of `unet_step_{result['machine']['device']}.md` ({meta['resolution_px']} px, "
         f"{meta['target_layers']} adapted layers), training steps only, LoCA in the coefficient phase; median of "
         f"{meta['repeats']} round-robin repetitions after {meta['warmup']} warm-up steps, all "

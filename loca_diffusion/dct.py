@@ -208,24 +208,23 @@ def _matrix_along(x: torch.Tensor, dim: int, inverse: bool) -> torch.Tensor:
     return (moved @ (c if inverse else c.T)).movedim(-1, dim)
 
 
-def dct(x: torch.Tensor, dim: int = -1, method: str | None = None) -> torch.Tensor:
-    """Orthonormal DCT-II along ``dim`` (for ``dim=-1``: ``x @ C.T``)."""
+def _transform(x: torch.Tensor, dim: int, method: str | None, inverse: bool) -> torch.Tensor:
     method = resolve_method(method, x.device)
     if method == "scipy":
-        return _scipy_transform("dct", x, (dim,))
+        return _scipy_transform("idct" if inverse else "dct", x, (dim,))
     if method == "matrix":
-        return _matrix_along(x, dim, inverse=False)
-    return _fft_dct(x, dim)
+        return _matrix_along(x, dim, inverse=inverse)
+    return _fft_idct(x, dim) if inverse else _fft_dct(x, dim)
+
+
+def dct(x: torch.Tensor, dim: int = -1, method: str | None = None) -> torch.Tensor:
+    """Orthonormal DCT-II along ``dim`` (for ``dim=-1``: ``x @ C.T``)."""
+    return _transform(x, dim, method, inverse=False)
 
 
 def idct(y: torch.Tensor, dim: int = -1, method: str | None = None) -> torch.Tensor:
     """Inverse of :func:`dct` along ``dim`` (orthonormal DCT-III; for ``dim=-1``: ``y @ C``)."""
-    method = resolve_method(method, y.device)
-    if method == "scipy":
-        return _scipy_transform("idct", y, (dim,))
-    if method == "matrix":
-        return _matrix_along(y, dim, inverse=True)
-    return _fft_idct(y, dim)
+    return _transform(y, dim, method, inverse=True)
 
 
 def dct2(x: torch.Tensor, method: str | None = None) -> torch.Tensor:
