@@ -1,13 +1,16 @@
 """Shared benchmark helpers: round-robin timing and peak memory of one step.
 
 ``time_round_robin`` times several step functions one repetition of each in turn, so drift of the
-machine affects them alike, and returns the median per step. ``peak_transient_bytes`` is the largest
+machine affects them alike, and returns the median per step. The order is reshuffled every repetition
+(seeded): a step that leaves the allocator or caches in a bad state (a large transient freed back to the
+system) would otherwise always slow the same successor. ``peak_transient_bytes`` is the largest
 amount of memory allocated during one call of a step, above what was allocated before it (CPU: the
 running total of the profiler's raw allocation/free events; CUDA: ``max_memory_allocated``).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -19,9 +22,12 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round_robin(steps: dict, repeats: int, device, warmup: int = 2, on_step=None) -> dict[str, float]:
+def time_round_robin(
+    steps: dict, repeats: int, device, warmup: int = 2, on_step=None, samples: dict | None = None, seed: int = 0
+) -> dict[str, float]:
     """Median milliseconds per step. ``on_step(name, label, ms)``, if given, is called after every step
-    (``label``: ``"warm-up i"`` or ``"repeat i"``), outside the timed region: progress for long runs."""
+    (``label``: ``"warm-up i"`` or ``"repeat i"``), outside the timed region: progress for long runs.
+    ``samples``, if given, receives every timed repetition per step (milliseconds, in run order)."""
 
     def timed(step) -> float:
         sync(device)
@@ -36,11 +42,17 @@ def time_round_robin(steps: dict, repeats: int, device, warmup: int = 2, on_step
             if on_step is not None:
                 on_step(name, f"warm-up {i + 1}", ms)
     times = {name: [] for name in steps}
+    order = list(steps)
+    rng = random.Random(seed)
     for i in range(repeats):
-        for name, step in steps.items():
+        rng.shuffle(order)
+        for name in order:
+            step = steps[name]
             times[name].append(timed(step))
             if on_step is not None:
                 on_step(name, f"repeat {i + 1}", times[name][-1])
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -301,7 +301,8 @@ def run_training(unet, inputs, frequencies, device, repeats, warmup, start, verb
     cases += [TrainCase(unet, "fourierft", n_frequency=b) for b in frequencies]
     log(f"built {len(cases)} training models: {', '.join(c.name for c in cases)}", start)
     steps = {c.name: c.step_fn(inputs) for c in cases}
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose))
+    samples = {}
+    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
     log("training steps timed", start)
     records = []
     for case in cases:
@@ -324,6 +325,7 @@ def run_training(unet, inputs, frequencies, device, repeats, warmup, start, verb
                 transient,
                 trainable_params=n_params(adapter),
                 phase=phase,
+                samples_ms=[round(t, 1) for t in samples[case.name]],
             )
         )
     log("training peak memory measured", start)
@@ -351,13 +353,23 @@ def run_inference(unet, inputs, frequencies, device, repeats, warmup, start, ver
 
     steps = {names[key]: forward(model.eval()) for key, model in models.items()}
     log(f"built {len(models)} inference models: {', '.join(steps)}", start)
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose))
+    samples = {}
+    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
     log("inference timed", start)
     records = []
     for key, model in models.items():
         transient = measure_peak(names[key], steps[names[key]], device, start, verbose)
         persistent = tensor_bytes(model_tensors(model) + weight_cache_tensors(model) + inputs.tensors())
-        records.append(record("inference", *key, ms[names[key]], persistent, transient))
+        records.append(
+            record(
+                "inference",
+                *key,
+                ms[names[key]],
+                persistent,
+                transient,
+                samples_ms=[round(t, 1) for t in samples[names[key]]],
+            )
+        )
     return records
 
 
@@ -386,11 +398,20 @@ def run_curve(config: dict, frequencies, ranks, device, repeats: int, warmup: in
     cases += [TrainCase(unet, "lora", rank=r) for r in ranks]
     log(f"built {len(cases)} training models: {', '.join(c.name for c in cases)}", start)
     steps = {c.name: c.step_fn(inputs) for c in cases}
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose))
+    samples = {}
+    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
     log("done", start)
     return [
         record(
-            "train", c.method, c.n_frequency, c.rank, ms[c.name], 0, 0, trainable_params=n_params(trainable(c.model))
+            "train",
+            c.method,
+            c.n_frequency,
+            c.rank,
+            ms[c.name],
+            0,
+            0,
+            trainable_params=n_params(trainable(c.model)),
+            samples_ms=[round(t, 1) for t in samples[c.name]],
         )
         for c in cases
     ]
@@ -478,7 +499,7 @@ def markdown(result: dict) -> str:
         f"`{'/'.join(TARGET_MODULES)}` ({meta['target_layers']} layers). Train step = forward at a random timestep, "
         "MSE, backward, AdamW over the adapter only, `zero_grad(set_to_none=True)`; LoCA in the coefficient phase of "
         "`LoCASchedule` (`loca_location_phase`: a location step). Median of "
-        f"{meta['repeats']} round-robin repetitions after {meta['warmup']} warm-up steps per method.",
+        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up steps per method.",
         "",
         "All models share the frozen base tensors (one base in memory; merged models have private copies of the "
         "target weights), so every method is timed round-robin in the same process. `peak MiB` counts each model "
@@ -541,7 +562,7 @@ def curve_markdown(result: dict) -> str:
         *header("UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank", result),
         f"The model and step of `unet_step_{result['machine']['device']}.md` ({meta['resolution_px']} px, "
         f"{meta['target_layers']} adapted layers), training steps only, LoCA in the coefficient phase; median of "
-        f"{meta['repeats']} round-robin repetitions after {meta['warmup']} warm-up steps, all "
+        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up steps, all "
         f"{len(records)} models in one run. Plot: `{meta['plot']}`. Wall time {result['wall_s']:.0f} s.",
         "",
         "| method | B / rank | trainable params | step ms | / LoRA r=4 |",

@@ -54,6 +54,8 @@ def test_records_schema(quick_run):
         assert isinstance(r["step_ms"], float) and r["step_ms"] > 0
         assert isinstance(r["peak_bytes"], int) and r["peak_bytes"] >= r["persistent_bytes"] > 0
         assert r["peak_bytes"] == r["persistent_bytes"] + r["transient_bytes"]
+        assert len(r["samples_ms"]) == result["setup"]["repeats"]
+        assert sorted(r["samples_ms"])[len(r["samples_ms"]) // 2] == pytest.approx(r["step_ms"], abs=0.1)
         if r["method"].startswith(("loca", "fourierft")):
             assert r["n_frequency"] in QUICK_FREQUENCIES and r["rank"] is None, r
         elif r["method"].startswith("lora"):
@@ -142,6 +144,22 @@ def test_training_steps_leave_the_base_untouched():
         assert changed, f"{case.name}: the optimizer step updated no adapter parameter"
     for name, p in unet.named_parameters():
         assert torch.equal(p, reference[name]), name
+
+
+def test_round_robin_reshuffles_the_order_and_keeps_every_sample():
+    """No step may always follow the same neighbour (a predecessor's freed transient slows its successor)."""
+    from bench.timing import time_round_robin
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in "abcde"}
+    samples = {}
+    medians = time_round_robin(steps, repeats=4, device=CPU, warmup=1, samples=samples)
+    assert calls[:5] == list("abcde")  # warm-up in the given order
+    rounds = [tuple(calls[5 + 5 * i : 10 + 5 * i]) for i in range(4)]
+    assert all(sorted(r) == list("abcde") for r in rounds)
+    assert len(set(rounds)) > 1
+    assert {name: len(values) for name, values in samples.items()} == dict.fromkeys("abcde", 4)
+    assert set(medians) == set("abcde")
 
 
 def test_cpu_peak_memory_counts_allocations_inside_ops():
