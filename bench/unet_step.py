@@ -499,7 +499,8 @@ def markdown(result: dict) -> str:
         f"`{'/'.join(TARGET_MODULES)}` ({meta['target_layers']} layers). Train step = forward at a random timestep, "
         "MSE, backward, AdamW over the adapter only, `zero_grad(set_to_none=True)`; LoCA in the coefficient phase of "
         "`LoCASchedule` (`loca_location_phase`: a location step). Median of "
-        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up steps per method.",
+        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up "
+        "steps per method.",
         "",
         "All models share the frozen base tensors (one base in memory; merged models have private copies of the "
         "target weights), so every method is timed round-robin in the same process. `peak MiB` counts each model "
@@ -562,8 +563,8 @@ def curve_markdown(result: dict) -> str:
         *header("UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank", result),
         f"The model and step of `unet_step_{result['machine']['device']}.md` ({meta['resolution_px']} px, "
         f"{meta['target_layers']} adapted layers), training steps only, LoCA in the coefficient phase; median of "
-        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up steps, all "
-        f"{len(records)} models in one run. Plot: `{meta['plot']}`. Wall time {result['wall_s']:.0f} s.",
+        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up "
+        f"steps, all {len(records)} models in one run. Plot: `{meta['plot']}`. Wall time {result['wall_s']:.0f} s.",
         "",
         "| method | B / rank | trainable params | step ms | / LoRA r=4 |",
         "|---|---|---:|---:|---:|",
