@@ -14,7 +14,9 @@ A key ``<column>_file_name`` becomes an image column ``<column>`` (``datasets`` 
 natively); a plain ``file_name`` key becomes the column ``image``. This is what
 ``python -m loca_diffusion.cartoonize`` writes. The diffusers examples' style, where extra image
 columns hold file names as strings (``{"file_name": "a.png", "edited_image": "b.png", ...}``), is
-accepted too: a requested image column holding strings is read as paths relative to ``DIR``.
+accepted too: a requested image column holding strings is read as paths relative to ``DIR``. A folder is
+one dataset: file and folder names never split it (``datasets`` alone would set aside files named like
+``*test*`` or ``*valid*`` as other splits).
 
 Columns are checked up front (a missing one lists the available columns and names the option to
 change; a row with a missing or empty edit prompt is named); images of a local folder are decoded up
@@ -180,7 +182,11 @@ def _load_local(folder: str | os.PathLike, split: str, cache_dir):
             f'"cartoonized_image_file_name": "cartoonized/0.png"}} (see loca_diffusion.data).'
         )
     try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(root), cache_dir=cache_dir)
+        # Every file belongs to the one requested split: left to itself, `datasets` infers splits from
+        # names and would move a pair whose file name holds "test" or "valid" out of the training set.
+        loaded = datasets.load_dataset(
+            "imagefolder", data_dir=str(root), data_files={split: "**"}, cache_dir=cache_dir
+        )
     except Exception as err:  # noqa: BLE001 - re-raised with the folder named
         raise ValueError(f"cannot read the imagefolder dataset in {str(root)!r}: {type(err).__name__}: {err}") from err
     return _pick_split(loaded, split, f"folder {str(root)!r}"), root

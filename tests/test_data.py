@@ -158,6 +158,28 @@ def test_source_arguments(pair_dir):
         load_edit_dataset("./no/such/folder")
 
 
+def test_file_names_never_split_a_local_folder(tmp_path, cache_dir):
+    """``datasets`` infers splits from names: pairs named like test/valid photos must stay in training."""
+    root = tmp_path / "named"
+    (root / "original").mkdir(parents=True)
+    (root / "cartoonized").mkdir()
+    names = ["cat", "test_card", "dog", "valid_photo", "eval"]
+    with open(root / "metadata.jsonl", "w") as f:
+        for i, name in enumerate(names):
+            _photo(i, (20, 16)).save(root / "original" / f"{name}.png")
+            _photo(10 + i, (20, 16)).save(root / "cartoonized" / f"{name}.png")
+            row = {
+                "original_image_file_name": f"original/{name}.png",
+                "edit_prompt": name,
+                "cartoonized_image_file_name": f"cartoonized/{name}.png",
+            }
+            f.write(json.dumps(row) + "\n")
+    ds = load_edit_dataset(train_data_dir=root, cache_dir=cache_dir)
+    assert sorted(ds["edit_prompt"]) == sorted(names)
+    row = ds[ds["edit_prompt"].index("test_card")]
+    assert np.array_equal(np.asarray(row["cartoonized_image"]), np.asarray(_photo(11, (20, 16))))
+
+
 def test_diffusers_style_metadata_with_file_name_columns(tmp_path, cache_dir):
     """diffusers' examples: ``file_name`` plus extra image columns holding file names as strings."""
     root = tmp_path / "diffusers_style"
