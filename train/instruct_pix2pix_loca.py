@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hub_token",
         default=None,
-        help="Hub token for --push_to_hub (never written anywhere; `hf auth login` is safer).",
+        help="Hub token for --push_to_hub (never written anywhere). Prefer `hf auth login` or the HF_TOKEN "
+        "environment variable: a token on the command line shows in `ps`, and `accelerate launch` prints the "
+        "whole command line when a run fails.",
     )
     return p
 
@@ -299,7 +301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0 <= args.conditioning_dropout_prob < 1 / 3:
         p.error("--conditioning_dropout_prob must be in [0, 1/3)")
     if args.resolution < 8 or args.resolution % 8:
-        p.error(f"--resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {args.resolution}")
+        # Stable Diffusion's VAE downsamples by 8 (the embedded tiny one by 2): whole latents either way
+        p.error(f"--resolution must be a positive multiple of 8, got {args.resolution}")
     if args.lora_rank < 1:
         p.error(f"--lora_rank must be >= 1, got {args.lora_rank}")
     for flag in (
