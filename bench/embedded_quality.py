@@ -3,10 +3,13 @@
 
     python bench/embedded_quality.py                 # -> bench/results/embedded_quality.{md,json} + grids
     python bench/embedded_quality.py --write_examples    # also (re)writes assets/examples/
+    python bench/embedded_quality.py --cartoon_references   # only the code-made cartoon references (seconds)
 
 Every number is a mean over the held-out photos' 64 px centre views (photos never seen in training),
 PSNR / SSIM against the code-made target of each edit. Reference rows: output = input (doing
-nothing) and the VAE round trip of the target (the best any edit through this VAE can reach). An
+nothing) and the VAE round trip of the target (the best any edit through this VAE can reach); for the
+cartoonizer also the target split in two: its exact flat colours without ink lines, and the input with
+the target's ink lines drawn on it (how much of the score each part carries). An
 edit ships when the model beats output = input by >= 3 dB; the LoCA cartoonizer must beat it by
 >= 2 dB. Sampling: the embedded model's defaults (20 DDIM steps, the guidance chosen by ``--sweep_guidance``
 on training photos), seed 0 (deterministic).
@@ -29,7 +32,13 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine_info  # noqa: E402
 from loca_diffusion.edit import load_pipeline  # noqa: E402
 from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION  # noqa: E402
-from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, EDITS, cartoon_targets  # noqa: E402
+from loca_diffusion.embedded.edits import (  # noqa: E402
+    CARTOON_INSTRUCTION,
+    EDITS,
+    cartoon_reference_outputs,
+    cartoon_targets,
+    ink_mask,
+)
 from loca_diffusion.embedded.evaluate import (  # noqa: E402
     DEFAULT_GUIDANCE,
     DEFAULT_IMAGE_GUIDANCE,
@@ -75,6 +84,44 @@ def default_adapters() -> list[str]:
             if (run / "adapter_model.safetensors").is_file():
                 adapters.append(f"{label}={run}")
     return adapters
+
+
+def write_cartoon_references(out: Path) -> dict:
+    """The cartoon target's code-made reference rows on the held-out views, without the model: what doing
+    nothing, the exact flat colours alone and the input with the target's ink lines score against it."""
+    names = [n for n, _ in held_out_views(RESOLUTION)]
+    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    targets = cartoon_targets(views)
+    rows = {"output = input": mean_scores(views, targets)}
+    rows.update({k: mean_scores(v, targets) for k, v in cartoon_reference_outputs(views, targets).items()})
+    ink = ink_mask(targets).float().mean(dim=(1, 2, 3))
+    result = {
+        "held_out_photos": names,
+        "resolution": RESOLUTION,
+        "ink_fraction": {n: round(float(f), 4) for n, f in zip(names, ink)},
+        "rows": rows,
+        "machine": machine_info(torch.device("cpu")),
+    }
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    ident = rows["output = input"]["psnr"]
+    lines = [
+        "# Cartoon target: where its distance from the input lies",
+        "",
+        "Reproduce: `python bench/embedded_quality.py --cartoon_references` (code-made outputs only, no model).",
+        f"Held-out photos: {', '.join(names)}; {RESOLUTION} px centre views; the cartoonizer's target style "
+        "(`loca_diffusion.embedded.edits.CARTOON_STYLE`).",
+        "",
+        f"Ink lines cover {100 * float(ink.mean()):.1f}% of the pixels (per photo "
+        f"{100 * float(ink.min()):.1f}-{100 * float(ink.max()):.1f}%).",
+        "",
+        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
+        "|---|---|---|---|",
+        *(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |" for k, v in rows.items()),
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return result
 
 
 # (guidance_scale, image_guidance_scale) candidates: no guidance, and text guidance at a few strengths
@@ -134,9 +181,17 @@ def main(argv=None) -> None:
         action="store_true",
         help="only choose the sampling guidance on training-photo views -> bench/results/embedded_guidance.md",
     )
+    p.add_argument(
+        "--cartoon_references",
+        action="store_true",
+        help="only the code-made cartoon reference rows (no model) -> bench/results/embedded_cartoon_references.md",
+    )
     p.add_argument("--out", default=str(RESULTS / "embedded_quality"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.cartoon_references:
+        write_cartoon_references(RESULTS / "embedded_cartoon_references")
+        return
     adapters = dict(a.split("=", 1) for a in (args.adapter or default_adapters()))
 
     start = time.time()
@@ -155,6 +210,7 @@ def main(argv=None) -> None:
     cartoon = {
         "output = input": mean_scores(views, targets),
         "VAE round trip of the target": mean_scores(vae_roundtrip(pipe.vae, targets), targets),
+        **{k: mean_scores(v, targets) for k, v in cartoon_reference_outputs(views, targets).items()},
     }
     outputs = {"base (no adapter)": run_edit(pipe, views, prompts)}
     for label, path in adapters.items():  # any PEFT method, merged: LoCA, FourierFT, LoRA

@@ -122,9 +122,11 @@ def cartoonize(
     edge_block_size: int = 9,
     edge_c: int = 4,
     seed: int = 0,
+    ink: bool = True,
 ) -> Image.Image:
     """Classical cartoon filter: bilateral smoothing, k-means colour quantization, adaptive-threshold
-    ink edges. Returns an RGB image of the same size as ``image``; deterministic for a given ``seed``."""
+    ink edges. Returns an RGB image of the same size as ``image``; deterministic for a given ``seed``.
+    ``ink=False`` returns the flat colours alone (the same image without its black ink lines)."""
     cv2 = _cv2()
     if num_colors < 2:
         raise ValueError(f"num_colors must be >= 2, got {num_colors}")
@@ -139,6 +141,8 @@ def cartoonize(
     for _ in range(bilateral_passes):
         smooth = cv2.bilateralFilter(smooth, d, 50, 50)
     flat = _kmeans_quantize(smooth, num_colors, np.random.default_rng(seed))
+    if not ink:
+        return Image.fromarray(flat, mode="RGB")
     # Ink lines from the smoothed image, so fur and texture do not turn into speckle.
     gray = cv2.medianBlur(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY), 5 if scale < 2 else 7)
     block = edge_block_size if scale < 2 else (int(edge_block_size * scale) | 1)

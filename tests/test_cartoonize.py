@@ -43,6 +43,31 @@ def test_cartoonize_changes_the_picture_and_keeps_its_size():
         cartoonize(photo, num_colors=1)
 
 
+def test_cartoonize_without_ink_is_the_same_picture_under_its_lines():
+    """``ink=False`` gives the flat colours the inked picture is drawn on: equal wherever there is no line."""
+    import torch
+
+    from loca_diffusion.embedded.edits import cartoon_reference_outputs, cartoon_targets, ink_mask
+    from loca_diffusion.embedded.photos import to_tensor
+
+    photo = _photo(2, (64, 64))
+    inked = np.asarray(cartoonize(photo)).astype(int)
+    flat = np.asarray(cartoonize(photo, ink=False)).astype(int)
+    lines = inked.max(axis=-1) == 0
+    assert 0 < lines.mean() < 0.5
+    assert np.array_equal(inked[~lines], flat[~lines])
+    assert (flat.max(axis=-1) > 0).all()  # the lines are the only black pixels
+
+    views = to_tensor(photo).unsqueeze(0)
+    targets = cartoon_targets(views)
+    mask = ink_mask(targets)
+    refs = cartoon_reference_outputs(views, targets)
+    no_ink, with_ink = refs["flat colours, no ink (exact)"], refs["input + the target's ink lines"]
+    assert torch.equal(no_ink.masked_fill(mask, 0.0), targets)
+    assert torch.equal(with_ink[mask.expand_as(views)], torch.zeros(int(mask.sum()) * 3))
+    assert torch.equal(with_ink[~mask.expand_as(views)], views[~mask.expand_as(views)])
+
+
 def test_cartoonize_speed_at_256px():
     photo = _photo(1, (256, 256))
     cartoonize(photo)

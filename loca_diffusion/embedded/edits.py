@@ -194,9 +194,26 @@ CARTOON_STYLE = {"num_colors": 6, "bilateral_passes": 1, "edge_c": 8}
 CARTOON_INSTRUCTION = "Change the natural image to a cartoon-style image."  # the paper's evaluation prompt
 
 
-def cartoon_targets(images: torch.Tensor) -> torch.Tensor:
-    """:func:`loca_diffusion.cartoonize.cartoonize` with :data:`CARTOON_STYLE` of each image (B, 3, H, W)."""
+def cartoon_targets(images: torch.Tensor, ink: bool = True) -> torch.Tensor:
+    """:func:`loca_diffusion.cartoonize.cartoonize` with :data:`CARTOON_STYLE` of each image (B, 3, H, W);
+    ``ink=False``: its flat colours without the black ink lines."""
     from ..cartoonize import cartoonize
     from .photos import to_image, to_tensor
 
-    return torch.stack([to_tensor(cartoonize(to_image(x), **CARTOON_STYLE)) for x in images])
+    return torch.stack([to_tensor(cartoonize(to_image(x), **CARTOON_STYLE, ink=ink)) for x in images])
+
+
+def ink_mask(targets: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) True where a cartoon target is pure black: its ink lines (a k-means colour of a photo
+    is practically never exactly black)."""
+    return targets.amax(dim=1, keepdim=True) == 0
+
+
+def cartoon_reference_outputs(images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Code-made outputs that split the cartoon target into its two parts, to read a model's score against:
+    the exact flat colours without ink lines, and the input with the target's ink lines drawn on it."""
+    mask = ink_mask(targets)
+    return {
+        "flat colours, no ink (exact)": cartoon_targets(images, ink=False),
+        "input + the target's ink lines": images.masked_fill(mask, 0.0),
+    }
