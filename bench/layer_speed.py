@@ -150,6 +150,48 @@ def run_case(d_out, d_in, tokens, n_frequency, device, repeats, methods) -> list
     return records
 
 
+# Targets for cases with >= 2048 tokens: speed over LoRA r=16 by B (B=1000: 1.3x, larger B: 1.4x),
+# over FourierFT, and peak memory over LoRA r=16.
+SPEED_LIMITS = {1000: 1.3}
+SPEED_LIMIT_LARGE_B = 1.4
+FOURIERFT_LIMIT = 0.8
+MEMORY_LIMIT = 1.25
+
+
+def target_lines(train: list[dict], cases: list[tuple]) -> list[str]:
+    """How many of the >= 2048-token cases meet each target (same run), and which miss."""
+    counted = [c for c in cases if c[1] >= 2048]
+    if not counted:
+        return []
+    checks = {
+        "speed vs LoRA r=16 (<= 1.3x at B=1000, <= 1.4x above)": lambda row, b: (
+            row["loca_auto"]["ms"] / row["lora_r16"]["ms"],
+            SPEED_LIMITS.get(b, SPEED_LIMIT_LARGE_B),
+        ),
+        f"speed vs FourierFT (<= {FOURIERFT_LIMIT}x)": lambda row, b: (
+            row["loca_auto"]["ms"] / row["fourierft"]["ms"],
+            FOURIERFT_LIMIT,
+        ),
+        f"peak memory vs LoRA r=16 (<= {MEMORY_LIMIT}x)": lambda row, b: (
+            row["loca_auto"]["peak_bytes"] / row["lora_r16"]["peak_bytes"],
+            MEMORY_LIMIT,
+        ),
+    }
+    lines = ["", f"Targets, cases with >= 2048 tokens ({len(counted)}), automatic strategy:", ""]
+    for name, check in checks.items():
+        misses = []
+        for case in counted:
+            row = {r["method"]: r for r in train if (r["shape"], r["tokens"], r["n_frequency"]) == case}
+            value, limit = check(row, case[2])
+            if value > limit:
+                misses.append(f"{case[0]} / {case[1]} / B={case[2]}: {value:.2f}")
+        lines.append(
+            f"- {name}: met in {len(counted) - len(misses)}/{len(counted)}"
+            + (f"; missed: {', '.join(misses)}" if misses else "")
+        )
+    return lines
+
+
 def table(records: list[dict], info: dict, command: str) -> str:
     lines = [
         "# Layer speed: one adapted linear layer, LoCA vs LoRA vs FourierFT",
@@ -176,6 +218,7 @@ def table(records: list[dict], info: dict, command: str) -> str:
         mem = row["loca_auto"]["peak_bytes"] / row["lora_r16"]["peak_bytes"]
         cells = " | ".join(f"{row[m]['ms']:.2f}" for m in methods)
         lines.append(f"| {case[0]} | {case[1]} | {case[2]} | {cells} | {ratio:.2f} | {ratio_f:.2f} | {mem:.2f} |")
+    lines += target_lines(train, cases)
     lines += ["", "Inference (no grad, ms):", ""]
     inference = [r for r in records if r["mode"] == "inference"]
     inf_methods = list(dict.fromkeys(r["method"] for r in inference))
