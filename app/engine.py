@@ -472,9 +472,12 @@ class EditEngine:
 def _load_base(base: Optional[str], dtype: torch.dtype, local_files_only: bool):
     from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline
 
+    label = base
     if base is None:
         if DEFAULT_BASE_DIR.is_dir():
             base = str(DEFAULT_BASE_DIR)
+            # the page names the model, not where this machine keeps the repository
+            label = f"embedded tiny InstructPix2Pix (assets/{DEFAULT_BASE_DIR.name})"
         else:
             from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix
 
@@ -499,4 +502,4 @@ def _load_base(base: Optional[str], dtype: torch.dtype, local_files_only: bool):
             "folder with --base otherwise)"
         )
         raise EditError(f"Cannot load the base pipeline '{base}': {_first_line(error)}{hint}") from None
-    return pipe, base
+    return pipe, label

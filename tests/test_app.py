@@ -447,6 +447,9 @@ def test_default_app_serves_the_embedded_model_and_its_cartoonizer(torch_single_
 
     engine = build_engine(args)
     assert engine.adapters == ["cartoonizer"] and engine.limits.max_side == 64
+    # the page names the model, not where this machine keeps the repository
+    assert "embedded tiny InstructPix2Pix (assets/tiny-instruct-pix2pix)" in engine.status_markdown()
+    assert str(ROOT) not in engine.status_markdown()
     image = engine.fit(engine.open_image(ROOT / "assets" / "examples" / "chelsea.png"))
     instruction = "Change the natural image to a cartoon-style image."
     request = engine.request(
