@@ -30,7 +30,11 @@ def machine_info(device: torch.device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if device.type == "cuda":
+        from loca_diffusion.tuners.loca.ops import COSTS_CALIBRATED
+
         info["gpu"] = torch.cuda.get_device_name(device)
+        # LoCA's strategy and DCT choices on this device come from estimated costs until a GPU run fits them
+        info["loca_cost_model"] = "calibrated" if COSTS_CALIBRATED["cuda"] else "uncalibrated (estimates)"
     try:
         import diffusers
         import peft

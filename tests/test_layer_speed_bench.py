@@ -43,3 +43,16 @@ def test_targets_count_only_long_sequences_and_name_the_misses():
 
     slow = table(_records(27.0, 2048, 1000), {"platform": "test"}, "cmd")
     assert "met in 0/1; missed: 640x640 / 2048 / B=1000: 1.35" in slow
+
+
+def test_gpu_results_say_whether_the_cost_model_was_calibrated(monkeypatch):
+    """Until a GPU run fits them, LoCA's CUDA costs are estimates: every CUDA result file must say so."""
+    import torch
+
+    from bench.machine import machine_info, machine_line
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    info = machine_info(torch.device("cuda", 0))
+    assert info["gpu"] == "Fake GPU"
+    assert "loca_cost_model: uncalibrated (estimates)" in machine_line(info)
+    assert "loca_cost_model" not in machine_info(torch.device("cpu"))
