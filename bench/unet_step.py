@@ -458,18 +458,26 @@ TARGETS = [  # (summary key, limit, description)
 ]
 
 
-def targets(rows: list[dict], n_frequency: int) -> list[dict]:
-    row = next(r for r in rows if r["n_frequency"] == n_frequency)
-    return [
-        {
-            "target": text,
-            "n_frequency": n_frequency,
-            "value": round(row[key], 4),
-            "limit": limit,
-            "met": row[key] <= limit,
-        }
-        for key, limit, text in TARGETS
-    ]
+LARGE_B_TARGETS = [("loca_over_lora16", 1.10, "LoCA step <= 1.10x LoRA r=16")]  # every larger B
+
+
+def targets(rows: list[dict], frequencies) -> list[dict]:
+    """:data:`TARGETS` at the smallest B, :data:`LARGE_B_TARGETS` at each larger one."""
+    out = []
+    for i, b in enumerate(sorted(frequencies)):
+        row = next(r for r in rows if r["n_frequency"] == b)
+        for key, limit, text in TARGETS if i == 0 else LARGE_B_TARGETS:
+            value = round(row[key], 4)
+            out.append({"target": text, "n_frequency": b, "value": value, "limit": limit, "met": row[key] <= limit})
+    return out
+
+
+ROUND_ROBIN_ORDER = "reshuffled every repetition"  # bench.timing.time_round_robin since 2026-12-05
+
+
+def order_text(meta: dict) -> str:
+    """How the repetitions were ordered; results from before the reshuffling have no ``order`` field."""
+    return "order reshuffled each time" if meta.get("order") == ROUND_ROBIN_ORDER else "fixed order"
 
 
 def label(r: dict) -> str:
@@ -499,7 +507,7 @@ def markdown(result: dict) -> str:
         f"`{'/'.join(TARGET_MODULES)}` ({meta['target_layers']} layers). Train step = forward at a random timestep, "
         "MSE, backward, AdamW over the adapter only, `zero_grad(set_to_none=True)`; LoCA in the coefficient phase of "
         "`LoCASchedule` (`loca_location_phase`: a location step). Median of "
-        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up "
+        f"{meta['repeats']} round-robin repetitions ({order_text(meta)}) after {meta['warmup']} warm-up "
         "steps per method.",
         "",
         "All models share the frozen base tensors (one base in memory; merged models have private copies of the "
@@ -518,14 +526,15 @@ def markdown(result: dict) -> str:
             f"| {row['n_frequency']} | {row['loca_over_lora16']:.3f} | {row['loca_over_fourierft']:.3f} | "
             f"{row['memory_loca_over_lora16']:.3f} | {row['fused_over_base']:.3f} | {row['eval_over_base']:.3f} |"
         )
-    lines += ["", f"Targets at B = {result['targets'][0]['n_frequency']} (same run):", ""]
+    lines += ["", "Targets (same run):", ""]
     if meta["quick"]:
         lines += [
             "(Quick mode: a smoke test of the reduced UNet; the targets are meant for the full UNet at B = 1000.)",
             "",
         ]
     for t in result["targets"]:
-        lines.append(f"- {t['target']}: {t['value']:.3f} (limit {t['limit']}) -> {'met' if t['met'] else 'NOT met'}")
+        verdict = "met" if t["met"] else "NOT met"
+        lines.append(f"- B = {t['n_frequency']}: {t['target']}: {t['value']:.3f} (limit {t['limit']}) -> {verdict}")
     lines += [
         "",
         "## Training step",
@@ -563,7 +572,7 @@ def curve_markdown(result: dict) -> str:
         *header("UNet training step vs adapter size: LoCA and FourierFT over B, LoRA over its rank", result),
         f"The model and step of `unet_step_{result['machine']['device']}.md` ({meta['resolution_px']} px, "
         f"{meta['target_layers']} adapted layers), training steps only, LoCA in the coefficient phase; median of "
-        f"{meta['repeats']} round-robin repetitions (order reshuffled each time) after {meta['warmup']} warm-up "
+        f"{meta['repeats']} round-robin repetitions ({order_text(meta)}) after {meta['warmup']} warm-up "
         f"steps, all {len(records)} models in one run. Plot: `{meta['plot']}`. Wall time {result['wall_s']:.0f} s.",
         "",
         "| method | B / rank | trainable params | step ms | / LoRA r=4 |",
@@ -652,6 +661,7 @@ def main(argv=None) -> dict:
             "lora_ranks": list(LORA_RANKS),
             "repeats": repeats,
             "warmup": args.warmup,
+            "order": ROUND_ROBIN_ORDER,
             "timing": "round-robin, all models in memory at once (frozen base tensors shared)",
             "peak_memory_method": "torch.cuda.max_memory_allocated"
             if tag == "cuda"
@@ -660,7 +670,7 @@ def main(argv=None) -> dict:
         "wall_s": round(wall, 1),
         "max_rss_bytes": max_rss_bytes(),
         "summary": rows,
-        "targets": targets(rows, frequencies[0]),
+        "targets": targets(rows, frequencies),
         "records": records,
     }
     json_path = args.json or RESULTS / f"unet_step_{tag}{suffix}.json"
@@ -692,6 +702,7 @@ def main_curve(args, argv: list[str], config: dict, device, repeats: int, tag: s
             "lora_ranks": list(ranks),
             "repeats": repeats,
             "warmup": args.warmup,
+            "order": ROUND_ROBIN_ORDER,
             "plot": plot_path.name,
         },
         "wall_s": round(time.perf_counter() - start, 1),

@@ -99,7 +99,9 @@ def test_summary_targets_and_markdown(quick_run):
     for row in result["summary"]:
         for key in ("loca_over_lora16", "loca_over_fourierft", "memory_loca_over_lora16", "fused_over_base"):
             assert row[key] > 0
-    assert len(result["targets"]) == 4 and all(isinstance(t["met"], bool) for t in result["targets"])
+    assert len(result["targets"]) == 5 and all(isinstance(t["met"], bool) for t in result["targets"])
+    small, large = sorted(QUICK_FREQUENCIES)
+    assert [(t["n_frequency"], t["limit"]) for t in result["targets"]][-2:] == [(small, 1.01), (large, 1.10)]
     md = path.with_suffix(".md").read_text()
     assert "Machine:" in md and "Command: `python bench/unet_step.py --quick" in md
     for column in ("LoCA/LoRA16", "LoCA/FourierFT", "mem LoCA/LoRA16", "fused/base"):
