@@ -8,6 +8,7 @@ adapter, and that adapter must equal a single-process run on the concatenated ba
 
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -57,6 +58,13 @@ def worker(rank: int, world: int, port: int, out_dir: str):
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
     torch.save(adapter_state(model), os.path.join(out_dir, f"rank{rank}.pt"))
+    # Teardown without the gloo exit deadlock seen once in CI: the DDP reducer's destructor (main thread,
+    # GIL held) joined a gloo worker thread that was still dropping the last all-reduce's work object and
+    # waited for the GIL. The barrier drains the queue, the sleep lets the workers finish with the GIL
+    # free, and the wrapper goes before the process group.
+    dist.barrier()
+    time.sleep(0.2)
+    del ddp
     dist.destroy_process_group()
 
 
@@ -66,9 +74,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_with_deadline(world: int, out_dir: str, seconds: float = 120.0) -> None:
+    """``mp.spawn``, but a hung worker fails the test (the workers are killed) instead of hanging the suite."""
+    context = mp.start_processes(worker, args=(world, free_port(), out_dir), nprocs=world, join=False)
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the {world} DDP worker processes did not finish within {seconds:.0f} s")
+
+
 def test_two_ranks_train_identical_adapters(tmp_path):
     world = 2
-    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    spawn_with_deadline(world, str(tmp_path))
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
