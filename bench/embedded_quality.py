@@ -86,11 +86,26 @@ def default_adapters() -> list[str]:
     return adapters
 
 
+def load_held_out() -> tuple[list[str], torch.Tensor]:
+    """Names and (N, 3, H, W) views of the held-out photos at the embedded resolution."""
+    named = held_out_views(RESOLUTION)
+    return [n for n, _ in named], torch.stack([x for _, x in named])
+
+
+def cartoon_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown rows of cartoon scores, with the gain over the ``output = input`` row."""
+    ident = rows["output = input"]["psnr"]
+    return [
+        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
+        "|---|---|---|---|",
+        *(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |" for k, v in rows.items()),
+    ]
+
+
 def write_cartoon_references(out: Path) -> dict:
     """The cartoon target's code-made reference rows on the held-out views, without the model: what doing
     nothing, the exact flat colours alone and the input with the target's ink lines score against it."""
-    names = [n for n, _ in held_out_views(RESOLUTION)]
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    names, views = load_held_out()
     targets = cartoon_targets(views)
     rows = {"output = input": mean_scores(views, targets)}
     rows.update({k: mean_scores(v, targets) for k, v in cartoon_reference_outputs(views, targets).items()})
@@ -103,7 +118,6 @@ def write_cartoon_references(out: Path) -> dict:
         "machine": machine_info(torch.device("cpu")),
     }
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    ident = rows["output = input"]["psnr"]
     lines = [
         "# Cartoon target: where its distance from the input lies",
         "",
@@ -114,9 +128,7 @@ def write_cartoon_references(out: Path) -> dict:
         f"Ink lines cover {100 * float(ink.mean()):.1f}% of the pixels (per photo "
         f"{100 * float(ink.min()):.1f}-{100 * float(ink.max()):.1f}%).",
         "",
-        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
-        "|---|---|---|---|",
-        *(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |" for k, v in rows.items()),
+        *cartoon_table(rows),
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
@@ -199,8 +211,7 @@ def main(argv=None) -> None:
     if args.sweep_guidance:
         sweep_guidance(pipe, RESULTS / "embedded_guidance.md")
         return
-    names = [n for n, _ in held_out_views(RESOLUTION)]
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    names, views = load_held_out()
     base = evaluate_edits(pipe, views, EDITS)
     recon = mean_scores(vae_roundtrip(pipe.vae, views), views)
     shipped = [k for k, v in base.items() if v["psnr"] - v["identity_psnr"] >= SHIP_MARGIN_DB]
@@ -278,13 +289,7 @@ def main(argv=None) -> None:
         "",
         f'## Cartoonizer (instruction: "{CARTOON_INSTRUCTION}")',
         "",
-        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
-        "|---|---|---|---|",
-    ]
-    ident = cartoon["output = input"]["psnr"]
-    for k, v in cartoon.items():
-        lines.append(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |")
-    lines += [
+        *cartoon_table(cartoon),
         "",
         "Grids: `embedded_edits_grid.png` (per photo: targets row, then model row), "
         "`embedded_cartoon_grid.png` (input / target / base / adapters).",

@@ -286,6 +286,13 @@ def progress(start: float, verbose: bool):
     return lambda name, label, ms: log(f"{name} {label}: {ms / 1e3:.2f} s", start)
 
 
+def time_steps(steps: dict, repeats: int, device, warmup: int, start: float, verbose: bool):
+    """Round-robin medians (ms) and every timed sample per step, rounded for the JSON."""
+    samples = {}
+    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
+    return ms, {name: [round(t, 1) for t in values] for name, values in samples.items()}
+
+
 def measure_peak(name: str, step, device, start: float, verbose: bool) -> int:
     t = time.perf_counter()
     peak = peak_transient_bytes(step, device)
@@ -301,8 +308,7 @@ def run_training(unet, inputs, frequencies, device, repeats, warmup, start, verb
     cases += [TrainCase(unet, "fourierft", n_frequency=b) for b in frequencies]
     log(f"built {len(cases)} training models: {', '.join(c.name for c in cases)}", start)
     steps = {c.name: c.step_fn(inputs) for c in cases}
-    samples = {}
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
+    ms, samples = time_steps(steps, repeats, device, warmup, start, verbose)
     log("training steps timed", start)
     records = []
     for case in cases:
@@ -325,7 +331,7 @@ def run_training(unet, inputs, frequencies, device, repeats, warmup, start, verb
                 transient,
                 trainable_params=n_params(adapter),
                 phase=phase,
-                samples_ms=[round(t, 1) for t in samples[case.name]],
+                samples_ms=samples[case.name],
             )
         )
     log("training peak memory measured", start)
@@ -353,8 +359,7 @@ def run_inference(unet, inputs, frequencies, device, repeats, warmup, start, ver
 
     steps = {names[key]: forward(model.eval()) for key, model in models.items()}
     log(f"built {len(models)} inference models: {', '.join(steps)}", start)
-    samples = {}
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
+    ms, samples = time_steps(steps, repeats, device, warmup, start, verbose)
     log("inference timed", start)
     records = []
     for key, model in models.items():
@@ -367,7 +372,7 @@ def run_inference(unet, inputs, frequencies, device, repeats, warmup, start, ver
                 ms[names[key]],
                 persistent,
                 transient,
-                samples_ms=[round(t, 1) for t in samples[names[key]]],
+                samples_ms=samples[names[key]],
             )
         )
     return records
@@ -398,8 +403,7 @@ def run_curve(config: dict, frequencies, ranks, device, repeats: int, warmup: in
     cases += [TrainCase(unet, "lora", rank=r) for r in ranks]
     log(f"built {len(cases)} training models: {', '.join(c.name for c in cases)}", start)
     steps = {c.name: c.step_fn(inputs) for c in cases}
-    samples = {}
-    ms = time_round_robin(steps, repeats, device, warmup=warmup, on_step=progress(start, verbose), samples=samples)
+    ms, samples = time_steps(steps, repeats, device, warmup, start, verbose)
     log("done", start)
     return [
         record(
@@ -411,7 +415,7 @@ def run_curve(config: dict, frequencies, ranks, device, repeats: int, warmup: in
             0,
             0,
             trainable_params=n_params(trainable(c.model)),
-            samples_ms=[round(t, 1) for t in samples[c.name]],
+            samples_ms=samples[c.name],
         )
         for c in cases
     ]
