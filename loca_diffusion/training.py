@@ -1,6 +1,6 @@
 """Reusable pieces of the adapter training scripts (``train/``): adapter configs with matched budgets,
-accelerate checkpoint hooks, conditioning dropout, location movement and the model card (pictures:
-:mod:`loca_diffusion.pictures`; Hub upload: :func:`loca_diffusion.hub.push_to_hub`)."""
+accelerate checkpoint hooks, InstructPix2Pix's loss and conditioning dropout, location movement and the
+model card (pictures: :mod:`loca_diffusion.pictures`; Hub upload: :func:`loca_diffusion.hub.push_to_hub`)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,41 @@ def conditioning_dropout(
     )
     keep_image = 1 - ((u >= probability) & (u < 3 * probability)).to(original_image_latents.dtype)
     return encoder_hidden_states, original_image_latents * keep_image.view(batch, 1, 1, 1)
+
+
+def instruct_pix2pix_loss(
+    unet: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    noise_scheduler,
+    batch: dict[str, torch.Tensor],
+    null_conditioning: torch.Tensor,
+    dropout_probability: float,
+    weight_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """InstructPix2Pix's training loss on one batch (``edited_pixel_values``, ``original_pixel_values`` in
+    [-1, 1], ``input_ids``): noise the edited image's latents, condition on the instruction and the original
+    image's latents (with :func:`conditioning_dropout`), and regress the scheduler's target (noise or
+    velocity). Draws from the global RNG in a fixed order, so a resumed run replays it."""
+    latents = vae.encode(batch["edited_pixel_values"].to(weight_dtype)).latent_dist.sample()
+    latents = latents * vae.config.scaling_factor
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+    ).long()
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+    encoder_hidden_states = text_encoder(batch["input_ids"])[0]
+    original_latents = vae.encode(batch["original_pixel_values"].to(weight_dtype)).latent_dist.mode()
+    encoder_hidden_states, original_latents = conditioning_dropout(
+        encoder_hidden_states, original_latents, null_conditioning, dropout_probability
+    )
+    model_input = torch.cat([noisy_latents, original_latents], dim=1)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(model_input, timesteps, encoder_hidden_states, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="mean")
 
 
 # ----------------------------------------------------------------------------------------------------

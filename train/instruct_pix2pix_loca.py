@@ -26,7 +26,6 @@ from typing import NoReturn, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -55,9 +54,9 @@ from loca_diffusion.training import (
     check_replicas_in_sync,
     checkpoint_info,
     complete_checkpoints,
-    conditioning_dropout,
     count_moved_locations,
     epoch_batches,
+    instruct_pix2pix_loss,
     latest_checkpoint,
     location_snapshot,
     register_checkpoint_hooks,
@@ -668,26 +667,11 @@ def main(argv=None) -> None:
         )  # fmt: skip
         for batch in loader:
             with accelerator.accumulate(unet):
-                latents = vae.encode(batch["edited_pixel_values"].to(weight_dtype)).latent_dist.sample()
-                latents = latents * vae.config.scaling_factor
-                noise = torch.randn_like(latents)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-                ).long()
-                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                encoder_hidden_states = text_encoder(batch["input_ids"])[0]
-                original_latents = vae.encode(batch["original_pixel_values"].to(weight_dtype)).latent_dist.mode()
-                # the global RNG: accelerate saves and restores it with the checkpoints
-                encoder_hidden_states, original_latents = conditioning_dropout(
-                    encoder_hidden_states, original_latents, null_conditioning, args.conditioning_dropout_prob
-                )
-                model_input = torch.cat([noisy_latents, original_latents], dim=1)
-                if noise_scheduler.config.prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    target = noise
-                prediction = unet(model_input, timesteps, encoder_hidden_states, return_dict=False)[0]
-                loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
+                # the global RNG (noise, timesteps, dropout): accelerate saves and restores it with the checkpoints
+                loss = instruct_pix2pix_loss(
+                    unet, vae, text_encoder, noise_scheduler, batch, null_conditioning,
+                    args.conditioning_dropout_prob, weight_dtype,
+                )  # fmt: skip
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if schedule is not None:
