@@ -335,6 +335,7 @@ def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2p
     # 6 pairs, batch 1, accumulation 2: 3 optimizer steps per epoch
     first = ok(run(common_args(tiny_pix2pix_dir, pairs, out, None) + ["--num_train_epochs", "1"], timeout=150))
     assert "Total optimization steps = 3" in first and "Num Epochs = 1" in first
+    assert "--location_training_steps 4 >= the run's 3 steps" in first  # T_s 4 of 3 steps: warned
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
     # a save interrupted at step 8 (a checkpoint folder without its completion record)
@@ -351,6 +352,7 @@ def test_epochs_set_the_steps_and_latest_skips_incomplete_checkpoints(tiny_pix2p
     assert "skipping incomplete checkpoint" in second and "checkpoint-8" in second
     assert re.search(r"Resuming from \S*checkpoint-2\b", second)
     assert "Total optimization steps = 6" in second
+    assert "never freeze" not in second  # T_s 4 of 6 steps
     assert json.loads((out / "checkpoint-6" / "checkpoint_info.json").read_text()) == {
         "global_step": 6,
         "adapter": "loca",

@@ -634,6 +634,13 @@ def main(argv=None) -> None:
     logger.info(f"  Total train batch size (w. parallel, distributed & accumulation) = {total_batch_size}")
     logger.info(f"  Gradient Accumulation steps = {args.gradient_accumulation_steps}")
     logger.info(f"  Total optimization steps = {max_train_steps}")
+    if args.adapter == "loca" and args.location_training_steps >= max_train_steps:
+        # the default T_s is the paper's, for a 10 000-step run: a short run would pay for location steps throughout
+        logger.warning(
+            f"--location_training_steps {args.location_training_steps} >= the run's {max_train_steps} steps: "
+            "LoCA's locations keep learning to the end and never freeze (the paper freezes them after 12% of "
+            "the run); pass a smaller --location_training_steps for a short run"
+        )
 
     # 6. Resume.
     global_step, first_epoch = 0, 0
