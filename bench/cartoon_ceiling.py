@@ -79,7 +79,7 @@ def train_part(part: str, lr: float, eval_steps: list[int], seed: int, batch_siz
     from loca_diffusion.edit import load_pipeline
     from loca_diffusion.embedded import BASE_DIR, RESOLUTION
     from loca_diffusion.embedded.evaluate import score_cartoonizer
-    from loca_diffusion.embedded.photos import held_out_views
+    from loca_diffusion.embedded.photos import held_out_batch
     from loca_diffusion.training import instruct_pix2pix_loss
 
     torch.set_num_threads(1)
@@ -113,7 +113,7 @@ def train_part(part: str, lr: float, eval_steps: list[int], seed: int, batch_siz
     null = text_encoder(
         tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     )[0]
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    views = held_out_batch(RESOLUTION)
     curve, step, train_seconds = [], 0, 0.0
 
     def evaluate() -> None:
@@ -155,9 +155,9 @@ def references() -> dict[str, float]:
     from loca_diffusion.embedded import RESOLUTION
     from loca_diffusion.embedded.edits import cartoon_targets
     from loca_diffusion.embedded.evaluate import mean_scores
-    from loca_diffusion.embedded.photos import held_out_views
+    from loca_diffusion.embedded.photos import held_out_batch
 
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    views = held_out_batch(RESOLUTION)
     refs = {"output = input": mean_scores(views, cartoon_targets(views))["psnr"]}
     comparison = json.loads((RESULTS / "cartoonizer.json").read_text())["rows"]
     for method in ("LoCA", "FourierFT", "LoRA"):

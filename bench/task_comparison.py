@@ -179,9 +179,9 @@ def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
 
     from loca_diffusion.embedded import RESOLUTION
     from loca_diffusion.embedded.evaluate import merged_adapter_pipeline, score_cartoonizer
-    from loca_diffusion.embedded.photos import held_out_views
+    from loca_diffusion.embedded.photos import held_out_batch
 
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    views = held_out_batch(RESOLUTION)
     scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views)
     torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
     weights = load_file(adapter_dir / "adapter_model.safetensors")

@@ -40,7 +40,7 @@ from loca_diffusion.embedded.models import (  # noqa: E402
     build_unet,
     build_vae,
 )
-from loca_diffusion.embedded.photos import RandomCrops, held_out_views, require_photos  # noqa: E402
+from loca_diffusion.embedded.photos import RandomCrops, held_out_batch, require_photos  # noqa: E402
 from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
@@ -106,7 +106,7 @@ def vae_loss(recon: torch.Tensor, target: torch.Tensor, posterior) -> tuple[torc
 @torch.no_grad()
 def held_out_psnr(vae) -> float:
     """Mean reconstruction PSNR (posterior mode) over the held-out photos' centre crops."""
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    views = held_out_batch(RESOLUTION)
     recon = vae.decode(vae.encode(views * 2 - 1).latent_dist.mode()).sample
     recon = (recon + 1) / 2
     return sum(psnr(r, x) for r, x in zip(recon, views)) / len(views)
@@ -272,7 +272,7 @@ def train_unet(args) -> None:
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     scheduler = build_scheduler()
     n, num_edits = bank["inputs"].shape[0], len(EDITS)
-    views = torch.stack([x for _, x in held_out_views(RESOLUTION)])
+    views = held_out_batch(RESOLUTION)
     p = args.conditioning_dropout_prob
     unet.train()
     text_encoder.train()

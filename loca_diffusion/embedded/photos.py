@@ -192,6 +192,11 @@ def held_out_views(size: int) -> list[tuple[str, torch.Tensor]]:
     return [(p.name, to_tensor(centre_square(load_photo(p), size))) for p in require_photos(held_out=True)]
 
 
+def held_out_batch(size: int) -> torch.Tensor:
+    """The held-out views of :func:`held_out_views` as one (N, 3, size, size) batch."""
+    return torch.stack([x for _, x in held_out_views(size)])
+
+
 def selection_views(size: int, count: int = 6) -> list[tuple[str, torch.Tensor]]:
     """Centre crops of ``count`` training photos (evenly spread over the list): where sampling settings are
     chosen, so that the held-out photos only ever measure."""
