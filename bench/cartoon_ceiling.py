@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.machine import machine_info, machine_line  # noqa: E402
+from loca_diffusion.embedded.models import ATTENTION_LAYOUTS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PAIRS = ROOT / "build" / "embedded" / "cartoon_pairs"
@@ -168,11 +169,8 @@ def references() -> dict[str, float]:
 
 # the price of moving attention up to the levels where the cartoon's lines are (UNet training step, CPU)
 LAYOUTS = {
-    "shipped: attention on the 8 x 8 and 4 x 4 levels": None,
-    "attention from the 16 x 16 level down": (
-        ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    ),
+    "first base: attention on the 8 x 8 and 4 x 4 levels": ATTENTION_LAYOUTS["8x8"],
+    "attention from the 16 x 16 level down": ATTENTION_LAYOUTS["16x16"],
     "attention on every level (Stable Diffusion's placement)": (
         ("CrossAttnDownBlock2D",) * 4,
         ("CrossAttnUpBlock2D",) * 4,
@@ -190,11 +188,9 @@ def layout_costs(batch_size: int = 16, repeats: int = 5) -> list[dict]:
     torch.manual_seed(0)
     rows = []
     for name, blocks in LAYOUTS.items():
-        unet = build_unet()
-        if blocks is not None:
-            config = dict(unet.config)
-            config.update(down_block_types=blocks[0], up_block_types=blocks[1])
-            unet = UNet2DConditionModel.from_config(config)
+        config = dict(build_unet().config)
+        config.update(down_block_types=blocks[0], up_block_types=blocks[1])
+        unet = UNet2DConditionModel.from_config(config)
         size = unet.config.sample_size
         x = torch.randn(batch_size, unet.config.in_channels, size, size)
         t = torch.randint(0, 1000, (batch_size,))

@@ -51,6 +51,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PACKAGE_PHOTOS",
     "build_cartoon_dataset",
+    "cartoon_layers",
     "cartoonize",
     "find_photos",
     "package_photos",
@@ -114,7 +115,7 @@ def _kmeans_quantize(rgb: np.ndarray, num_colors: int, rng: np.random.Generator,
     return np.clip(np.rint(c[labels]), 0, 255).astype(np.uint8).reshape(rgb.shape)
 
 
-def cartoonize(
+def cartoon_layers(
     image: Image.Image,
     *,
     num_colors: int = 8,
@@ -122,11 +123,11 @@ def cartoonize(
     edge_block_size: int = 9,
     edge_c: int = 4,
     seed: int = 0,
-    ink: bool = True,
-) -> Image.Image:
-    """Classical cartoon filter: bilateral smoothing, k-means colour quantization, adaptive-threshold
-    ink edges. Returns an RGB image of the same size as ``image``; deterministic for a given ``seed``.
-    ``ink=False`` returns the flat colours alone (the same image without its black ink lines)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three layers :func:`cartoonize` composes, as uint8 arrays ``(H, W, 3)``, ``(H, W, 3)``, ``(H, W)``:
+    the edge-preserving smoothing of the photo, its flat colours (k-means quantization of the smoothing)
+    and the ink mask (True on the black ink lines). The embedded model learns each as a base edit of its
+    own; the cartoon (flat colours with ink) is left for the adapter."""
     cv2 = _cv2()
     if num_colors < 2:
         raise ValueError(f"num_colors must be >= 2, got {num_colors}")
@@ -141,13 +142,37 @@ def cartoonize(
     for _ in range(bilateral_passes):
         smooth = cv2.bilateralFilter(smooth, d, 50, 50)
     flat = _kmeans_quantize(smooth, num_colors, np.random.default_rng(seed))
-    if not ink:
-        return Image.fromarray(flat, mode="RGB")
     # Ink lines from the smoothed image, so fur and texture do not turn into speckle.
     gray = cv2.medianBlur(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY), 5 if scale < 2 else 7)
     block = edge_block_size if scale < 2 else (int(edge_block_size * scale) | 1)
     edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, edge_c)
-    out = cv2.bitwise_and(flat, flat, mask=edges)
+    return smooth, flat, edges == 0
+
+
+def cartoonize(
+    image: Image.Image,
+    *,
+    num_colors: int = 8,
+    bilateral_passes: int = 2,
+    edge_block_size: int = 9,
+    edge_c: int = 4,
+    seed: int = 0,
+    ink: bool = True,
+) -> Image.Image:
+    """Classical cartoon filter: bilateral smoothing, k-means colour quantization, adaptive-threshold
+    ink edges. Returns an RGB image of the same size as ``image``; deterministic for a given ``seed``.
+    ``ink=False`` returns the flat colours alone (the same image without its black ink lines)."""
+    _, flat, ink_lines = cartoon_layers(
+        image,
+        num_colors=num_colors,
+        bilateral_passes=bilateral_passes,
+        edge_block_size=edge_block_size,
+        edge_c=edge_c,
+        seed=seed,
+    )
+    out = flat.copy()
+    if ink:
+        out[ink_lines] = 0
     return Image.fromarray(out, mode="RGB")
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
-from loca_diffusion.embedded.edits import EDITS, cartoon_targets  # noqa: E402
+from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS  # noqa: E402
 from loca_diffusion.embedded.evaluate import evaluate_edits  # noqa: E402
 from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
@@ -114,15 +114,15 @@ def held_out_psnr(vae) -> float:
 
 def decoder_targets(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The decoder stage also learns to draw what the UNet will be asked for: each crop stays a photo
-    (1/3), becomes a random base edit (1/3) or a cartoon of itself (1/3, the adapter's target). The
-    encoder stays frozen, so the latent space the UNet learns on does not move."""
+    (1/3), becomes a random pretraining edit (1/3) or one of the parts of a cartoon (1/3: flat colours,
+    outlines, line drawings; their sharp edges are what a 2x VAE draws worst). The cartoon itself is
+    never a target. The encoder stays frozen, so the latent space the UNet learns on does not move."""
     kind = torch.randint(3, (len(x),), generator=generator)
     out = x.clone()
     for i in range(len(x)):
-        if kind[i] == 1:
-            out[i] = EDITS[int(torch.randint(len(EDITS), (1,), generator=generator))].apply(x[i : i + 1])[0]
-        elif kind[i] == 2:
-            out[i] = cartoon_targets(x[i : i + 1])[0]
+        if kind[i] > 0:
+            pool = PRETRAINING_EDITS if kind[i] == 1 else PART_EDITS
+            out[i] = pool[int(torch.randint(len(pool), (1,), generator=generator))].apply(x[i : i + 1])[0]
     return out
 
 
@@ -211,7 +211,7 @@ def build_latent_bank(vae, num_crops: int, seed: int) -> dict:
     path = WORK / "unet" / "bank.pt"
     if path.is_file():
         bank = torch.load(path)
-        if bank["inputs"].shape[0] == num_crops:
+        if bank["inputs"].shape[0] == num_crops and bank["edits"] == [e.name for e in PRETRAINING_EDITS]:
             return bank
     crops = RandomCrops(require_photos(held_out=False), RESOLUTION)
     gen = torch.Generator().manual_seed(seed + 2)
@@ -219,12 +219,12 @@ def build_latent_bank(vae, num_crops: int, seed: int) -> dict:
     start = time.time()
     for i in range(0, num_crops, 50):
         x = crops.sample(min(50, num_crops - i), gen)
-        batch = torch.cat([x] + [e.apply(x) for e in EDITS])  # (1 + E) * b images
-        z = vae.encode(batch * 2 - 1).latent_dist.mean.half().unflatten(0, (1 + len(EDITS), len(x)))
+        batch = torch.cat([x] + [e.apply(x) for e in PRETRAINING_EDITS])  # (1 + E) * b images
+        z = vae.encode(batch * 2 - 1).latent_dist.mean.half().unflatten(0, (1 + len(PRETRAINING_EDITS), len(x)))
         inputs.append(z[0])
         edited.append(z[1:].transpose(0, 1))
         print(f"latent bank: {i + len(x)}/{num_crops} crops ({time.time() - start:.0f} s)", flush=True)
-    bank = {"inputs": torch.cat(inputs), "edited": torch.cat(edited), "edits": [e.name for e in EDITS]}
+    bank = {"inputs": torch.cat(inputs), "edited": torch.cat(edited), "edits": [e.name for e in PRETRAINING_EDITS]}
     # scale the diffusion latents to unit variance, as SD's 0.18215 does for its VAE
     bank["scaling_factor"] = float(1.0 / bank["edited"].float().std())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,11 +267,11 @@ def train_unet(args) -> None:
     tokenizer = build_clip_tokenizer(WORK / "tokenizer")
     tokens = [
         tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
-        for e in EDITS
+        for e in PRETRAINING_EDITS
     ]
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     scheduler = build_scheduler()
-    n, num_edits = bank["inputs"].shape[0], len(EDITS)
+    n, num_edits = bank["inputs"].shape[0], len(PRETRAINING_EDITS)
     views = held_out_batch(RESOLUTION)
     p = args.conditioning_dropout_prob
     unet.train()
@@ -327,7 +327,7 @@ def train_unet(args) -> None:
                 continue
             pipe = assemble_pipeline(vae, ema_text.eval(), ema_unet.eval(), WORK / "tokenizer")
             pipe.set_progress_bar_config(disable=True)
-            scores = evaluate_edits(pipe, views, EDITS, steps=10)
+            scores = evaluate_edits(pipe, views, PRETRAINING_EDITS, steps=10)
             print(
                 f"unet step {step} ({(time.time() - start) / 60:.1f} min this run), held-out PSNR model/identity: "
                 + ", ".join(f"{k} {v['psnr']:.1f}/{v['identity_psnr']:.1f}" for k, v in scores.items()),

@@ -185,13 +185,22 @@ EDITS: tuple[Edit, ...] = (
     ),
 )
 
-EDITS_BY_NAME = {e.name: e for e in EDITS}
-
 
 # The cartoonizer adapter's target: loca_diffusion.cartoonize tuned for 64 px images (one smoothing
 # pass, 6 colours, a higher ink threshold: the defaults draw 2-3 px black blobs at this size).
 CARTOON_STYLE = {"num_colors": 6, "bilateral_passes": 1, "edge_c": 8}
 CARTOON_INSTRUCTION = "Change the natural image to a cartoon-style image."  # the paper's evaluation prompt
+
+
+def _cartoon_layers(images: torch.Tensor) -> list[tuple]:
+    from ..cartoonize import cartoon_layers
+    from .photos import to_image
+
+    return [cartoon_layers(to_image(x), **CARTOON_STYLE) for x in images]
+
+
+def _from_uint8(array) -> torch.Tensor:
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
 def cartoon_targets(images: torch.Tensor, ink: bool = True) -> torch.Tensor:
@@ -217,3 +226,89 @@ def cartoon_reference_outputs(images: torch.Tensor, targets: torch.Tensor) -> di
         "flat colours, no ink (exact)": cartoon_targets(images, ink=False),
         "input + the target's ink lines": images.masked_fill(mask, 0.0),
     }
+
+
+# The parts of a cartoon, each a base edit of its own (the layers of loca_diffusion.cartoonize with
+# CARTOON_STYLE). The base learns them in pretraining; the cartoon itself (flat colours AND ink, and
+# its instruction) never reaches pretraining: composing the parts is what the LoCA adapter learns, as
+# an adapter on the real InstructPix2Pix composes what its base learned from 450k edits.
+
+
+def flat_colors(x: torch.Tensor) -> torch.Tensor:
+    """The cartoon's flat colour regions without ink: edge-preserving smoothing + k-means quantization."""
+    return torch.stack([_from_uint8(flat) for _, flat, _ in _cartoon_layers(x)]).to(x)
+
+
+def black_outlines(x: torch.Tensor) -> torch.Tensor:
+    """The cartoon's black ink lines drawn over the unchanged photo."""
+    masks = torch.stack([torch.from_numpy(ink) for _, _, ink in _cartoon_layers(x)])[:, None]
+    return x.masked_fill(masks.to(x.device), 0.0)
+
+
+def line_drawing(x: torch.Tensor) -> torch.Tensor:
+    """The cartoon's ink lines alone, black on white."""
+    masks = torch.stack([torch.from_numpy(ink) for _, _, ink in _cartoon_layers(x)])[:, None]
+    return torch.ones_like(x).masked_fill(masks.to(x.device), 0.0)
+
+
+def smooth(x: torch.Tensor, passes: int = 3) -> torch.Tensor:
+    """Edge-preserving smoothing: the cartoon's bilateral filter, run ``passes`` times (one pass is too
+    faint at 64 px to learn as an edit of its own)."""
+    from ..cartoonize import cartoon_layers
+    from .photos import to_image
+
+    style = {**CARTOON_STYLE, "bilateral_passes": passes}
+    return torch.stack([_from_uint8(cartoon_layers(to_image(i), **style)[0]) for i in x]).to(x)
+
+
+PART_EDITS: tuple[Edit, ...] = (
+    Edit(
+        "flat_colors",
+        flat_colors,
+        (
+            "paint it with flat colors",
+            "reduce it to a few flat colors",
+            "make the colors flat",
+            "simplify the colors into flat regions",
+            "posterize the image",
+        ),
+    ),
+    Edit(
+        "black_outlines",
+        black_outlines,
+        (
+            "draw black outlines",
+            "outline the edges in black ink",
+            "trace the contours with black lines",
+            "add dark outlines to the edges",
+            "ink the outlines",
+        ),
+    ),
+    Edit(
+        "line_drawing",
+        line_drawing,
+        (
+            "make a line drawing",
+            "turn it into an ink line drawing",
+            "draw only the outlines on white",
+            "make an ink sketch of the edges",
+            "keep just the lines on a white page",
+        ),
+    ),
+    Edit(
+        "smooth",
+        smooth,
+        (
+            "smooth the image but keep the edges",
+            "smooth out the textures",
+            "apply an edge-preserving smoothing",
+            "remove the fine texture",
+            "make the surfaces smooth",
+        ),
+    ),
+)
+
+# What the base is pretrained on: the base edits and the parts of a cartoon, never the cartoon.
+PRETRAINING_EDITS: tuple[Edit, ...] = EDITS + PART_EDITS
+
+EDITS_BY_NAME = {e.name: e for e in PRETRAINING_EDITS}
