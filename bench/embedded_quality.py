@@ -43,6 +43,7 @@ from loca_diffusion.embedded.evaluate import (  # noqa: E402
     DEFAULT_GUIDANCE,
     DEFAULT_IMAGE_GUIDANCE,
     DEFAULT_STEPS,
+    cartoon_scores,
     evaluate_edits,
     mean_scores,
     merged_adapter_pipeline,
@@ -50,6 +51,7 @@ from loca_diffusion.embedded.evaluate import (  # noqa: E402
     score_cartoonizer,
     vae_roundtrip,
 )
+from loca_diffusion.embedded.metrics import DinoV2Similarity  # noqa: E402
 from loca_diffusion.embedded.photos import held_out_views, selection_views, to_image, write_examples  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -93,12 +95,22 @@ def load_held_out() -> tuple[list[str], torch.Tensor]:
 
 
 def cartoon_table(rows: dict[str, dict[str, float]]) -> list[str]:
-    """Markdown rows of cartoon scores, with the gain over the ``output = input`` row."""
+    """Markdown rows of cartoon scores (:func:`~loca_diffusion.embedded.evaluate.cartoon_scores`), with the
+    gain over the ``output = input`` row."""
     ident = rows["output = input"]["psnr"]
+
+    def cell(v: dict, key: str, fmt: str) -> str:
+        return format(v[key], fmt) if key in v else "-"
+
     return [
-        "| output | PSNR (dB) | SSIM | gain over output = input (dB) |",
-        "|---|---|---|---|",
-        *(f"| {k} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['psnr'] - ident:+.2f} |" for k, v in rows.items()),
+        "| output | PSNR (dB) | gain over output = input (dB) | SSIM | DINOv2 similarity | ink precision | "
+        "ink recall | ink F1 |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {k} | {v['psnr']:.2f} | {v['psnr'] - ident:+.2f} | {v['ssim']:.3f} | {cell(v, 'dinov2', '.3f')} | "
+            f"{cell(v, 'ink_precision', '.3f')} | {cell(v, 'ink_recall', '.3f')} | {cell(v, 'ink_f1', '.3f')} |"
+            for k, v in rows.items()
+        ),
     ]
 
 
@@ -107,8 +119,9 @@ def write_cartoon_references(out: Path) -> dict:
     nothing, the exact flat colours alone and the input with the target's ink lines score against it."""
     names, views = load_held_out()
     targets = cartoon_targets(views)
-    rows = {"output = input": mean_scores(views, targets)}
-    rows.update({k: mean_scores(v, targets) for k, v in cartoon_reference_outputs(views, targets).items()})
+    dino = DinoV2Similarity()
+    rows = {"output = input": cartoon_scores(views, targets, dino)}
+    rows.update({k: cartoon_scores(v, targets, dino) for k, v in cartoon_reference_outputs(views, targets).items()})
     ink = ink_mask(targets).float().mean(dim=(1, 2, 3))
     result = {
         "held_out_photos": names,
@@ -218,15 +231,16 @@ def main(argv=None) -> None:
 
     targets = cartoon_targets(views)
     prompts = [CARTOON_INSTRUCTION] * len(views)
+    dino = DinoV2Similarity()
     cartoon = {
-        "output = input": mean_scores(views, targets),
-        "VAE round trip of the target": mean_scores(vae_roundtrip(pipe.vae, targets), targets),
-        **{k: mean_scores(v, targets) for k, v in cartoon_reference_outputs(views, targets).items()},
+        "output = input": cartoon_scores(views, targets, dino),
+        "VAE round trip of the target": cartoon_scores(vae_roundtrip(pipe.vae, targets), targets, dino),
+        **{k: cartoon_scores(v, targets, dino) for k, v in cartoon_reference_outputs(views, targets).items()},
     }
     outputs = {"base (no adapter)": run_edit(pipe, views, prompts)}
     for label, path in adapters.items():  # any PEFT method, merged: LoCA, FourierFT, LoRA
         outputs[label] = score_cartoonizer(merged_adapter_pipeline(args.model, path), views)[1]
-    cartoon.update({k: mean_scores(v, targets) for k, v in outputs.items()})
+    cartoon.update({k: cartoon_scores(v, targets, dino) for k, v in outputs.items()})
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     picture_grid(

@@ -105,7 +105,7 @@ TASKS["cartoonizer"] = dict(
         "--num_validation_images 1 --validation_inference_steps 10"
     ).split(),
     metric="eval_psnr",
-    metrics=["eval_psnr", "eval_ssim"],
+    metrics=["eval_psnr", "eval_ssim", "eval_dinov2", "eval_ink_f1"],
     evaluate="cartoonizer",
     accelerate=True,
     methods={"LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"},
@@ -174,20 +174,26 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
 
 
 def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
-    """Held-out PSNR / SSIM of the adapter merged into the shipped base, with the process's cost."""
+    """Held-out PSNR / SSIM / DINOv2 similarity / ink-line F1 of the adapter merged into the shipped base, with
+    the process's cost."""
     from safetensors.torch import load_file
 
     from loca_diffusion.embedded import RESOLUTION
     from loca_diffusion.embedded.evaluate import merged_adapter_pipeline, score_cartoonizer
+    from loca_diffusion.embedded.metrics import DinoV2Similarity
     from loca_diffusion.embedded.photos import held_out_batch
 
+    global DINO
+    DINO = DINO or DinoV2Similarity()
     views = held_out_batch(RESOLUTION)
-    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views)
+    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views, dino=DINO)
     torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
     weights = load_file(adapter_dir / "adapter_model.safetensors")
     return {
         "eval_psnr": scores["psnr"],
         "eval_ssim": scores["ssim"],
+        "eval_dinov2": scores["dinov2"],
+        **{f"eval_{k}": scores[k] for k in ("ink_precision", "ink_recall", "ink_f1")},
         # the trained numbers: coefficients / spectra / LoRA factors; LoCA's locations are positions, not weights
         "trainable_parameters": sum(
             v.numel() for k, v in weights.items() if v.is_floating_point() and "location" not in k
@@ -221,6 +227,7 @@ def summary(values: list[float]) -> tuple[float, float]:
 
 JOBS = 1  # runs at once (--jobs): independent processes, one torch thread each
 EVALUATION_LOCK = threading.Lock()
+DINO = None  # the DINOv2 scorer, loaded once (under EVALUATION_LOCK)
 FINISHED_ONLY = False  # --finished_only: tabulate the runs that exist, start none
 SEEDS = 3
 

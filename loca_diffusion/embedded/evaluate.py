@@ -111,9 +111,22 @@ def merged_adapter_pipeline(base_dir, adapter_dir):
     return pipe
 
 
-def score_cartoonizer(pipe, views: torch.Tensor, **kwargs) -> tuple[dict[str, float], torch.Tensor]:
-    """Mean PSNR / SSIM of ``pipe``'s cartoon edits of ``views`` against the code-made cartoons; and the outputs."""
+def cartoon_scores(outputs: torch.Tensor, targets: torch.Tensor, dino=None) -> dict[str, float]:
+    """Scores of cartoon ``outputs`` against the code-made ``targets``: PSNR / SSIM, ink-line precision /
+    recall / F1 (a line one pixel off counts, which PSNR does not forgive) and, given a
+    :class:`~loca_diffusion.embedded.metrics.DinoV2Similarity`, the DINOv2 similarity."""
+    from .edits import ink_mask
+    from .metrics import ink_scores
+
+    scores = {**mean_scores(outputs, targets), **ink_scores(outputs, ink_mask(targets))}
+    if dino is not None:
+        scores["dinov2"] = dino(outputs, targets)
+    return scores
+
+
+def score_cartoonizer(pipe, views: torch.Tensor, dino=None, **kwargs) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`cartoon_scores` of ``pipe``'s cartoon edits of ``views``; and the outputs."""
     from .edits import CARTOON_INSTRUCTION, cartoon_targets
 
     outputs = run_edit(pipe, views, [CARTOON_INSTRUCTION] * len(views), **kwargs)
-    return mean_scores(outputs, cartoon_targets(views)), outputs
+    return cartoon_scores(outputs, cartoon_targets(views), dino), outputs
