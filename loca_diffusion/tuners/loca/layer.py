@@ -179,7 +179,9 @@ class LoCALayer(BaseTunerLayer):
         if cached is not None and cached[0] == stamp:
             return cached[1]
         if self.loca_finite_stamp.get(adapter_name) != stamp:
-            if not torch.isfinite(points).all():
+            # on the detached values: `isfinite` of a tensor that requires grad records autograd ops (abs) whose
+            # saved tensors a checkpoint recomputation, which finds the check done, would not save again
+            if not torch.isfinite(points.detach()).all():
                 layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
                 raise NonFiniteLocationsError(
                     f"LoCA adapter '{adapter_name}' of {layer} ({self.out_features}x{self.in_features}) has NaN or "
@@ -204,7 +206,7 @@ class LoCALayer(BaseTunerLayer):
         points = self.loca_locations[adapter_name]
         if points.device.type == "meta" or points.numel() == 0:
             return
-        with torch.no_grad():
+        with torch.no_grad():  # nothing recorded for autograd (see get_locations)
             if bool(points.min() < 0) or bool(points.max() > 1):
                 points.clamp_(0.0, 1.0)
 
