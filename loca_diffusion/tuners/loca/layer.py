@@ -401,6 +401,11 @@ class Linear(nn.Module, LoCALayer):
             cache[adapter] = (key, delta.detach())
         return delta
 
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """PEFT's ``convert_to_lora`` / ``save_as_lora`` opt-in: ``get_delta_weight`` is in the storage layout
+        (transposed for ``Conv1D``), which is what PEFT's conversion expects for both layer types."""
+        return True
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         if self.loca_delta_cache is not None:
