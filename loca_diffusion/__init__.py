@@ -20,6 +20,7 @@ _LAZY = {
     "StableDiffusionInpaintLoCAPipeline": ".pipelines",
     "loca_pipeline_class": ".pipelines",
     "HubUnavailableError": ".hub",
+    "LoCATrainerCallback": ".trainer_callback",
     "resolve_local_or_hub": ".hub",
 }
 

@@ -63,7 +63,7 @@ def test_save_load_round_trip(spec, safe, tmp_path):
         assert json.load(f)["peft_type"] == "LOCA"
     sd = load_file(file) if safe else torch.load(file, weights_only=True)
     layers = loca_layers(model)
-    attrs = ("loca_coefficients", "loca_locations", "loca_shape")
+    attrs = ("loca_coefficients", "loca_locations", "loca_shape", "loca_continuous_locations", "loca_frozen")
     assert set(sd) == {f"{PEFT_PREFIX}{n}.{a}" for n in layers for a in attrs}
     base_modules = dict(spec.base().named_modules())
     for n, layer in layers.items():
@@ -75,6 +75,9 @@ def test_save_load_round_trip(spec, safe, tmp_path):
         assert torch.equal(loc, layer.get_locations("default"))
         assert torch.equal(loc, saved_state[n][1])
         assert torch.equal(sd[f"{PEFT_PREFIX}{n}.loca_coefficients"], saved_state[n][0])
+        # the exact continuous parameter, for resuming training (tests/test_resume_state.py)
+        assert torch.equal(sd[f"{PEFT_PREFIX}{n}.loca_continuous_locations"], layer.loca_locations["default"])
+        assert sd[f"{PEFT_PREFIX}{n}.loca_frozen"].tolist() == [0]
 
     # an independent reference from the file alone
     assert_close(expected, reference_output(spec, [(state_from_file(str(file), config), 1.0)]))
@@ -173,7 +176,9 @@ def test_reloaded_adapter_keeps_the_state_dict_keys(method, tmp_path):
         assert not layer.loca_locations["default"].requires_grad
         assert not layer.loca_coefficients["default"].requires_grad
     for layer in loca_layers(trainable).values():
-        assert not layer.locations_frozen("default") and layer.loca_locations["default"].requires_grad
+        # resuming training keeps the trained state: locations frozen at T_s stay frozen (tests/test_resume_state.py)
+        assert layer.locations_frozen("default") == (method == "loca_frozen")
+        assert layer.loca_locations["default"].requires_grad
 
 
 def test_state_dicts_of_the_earlier_layout_still_load_strictly():
@@ -228,7 +233,8 @@ def test_inject_adapter_state_dict_round_trip(spec):
     state = adapter_state(model)
     assert_close(expected, reference_output(spec, [(state, 1.0)]))
     sd = get_peft_model_state_dict(model)
-    assert sd and all(k.endswith((".loca_coefficients", ".loca_locations", ".loca_shape")) for k in sd)
+    suffixes = (".loca_coefficients", ".loca_locations", ".loca_shape", ".loca_continuous_locations", ".loca_frozen")
+    assert sd and all(k.endswith(suffixes) for k in sd)
     for k, v in sd.items():
         if k.endswith("loca_locations"):
             assert v.dtype == torch.int64

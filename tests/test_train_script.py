@@ -387,3 +387,18 @@ def test_input_errors_are_reported_before_the_model_loads(pairs, pairs_with_bad_
     (mixed / "checkpoint-2" / "checkpoint_info.json").write_text(json.dumps({"global_step": 2, "adapter": "loca"}))
     text = start("--adapter", "lora", "--resume_from_checkpoint", "latest", output=mixed)
     assert "another adapter type" in text and "loca" in text and "checkpoint-2" in text
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_pix2pix_dir, pairs, tmp_path):
+    # issue 20: `--gradient_checkpointing` crashed the first LoCA step (CheckpointError: a different number of
+    # tensors saved in the recomputation). Steps 1-3 cover location and coefficient phases; the adapter (hence
+    # every step's gradients) must match the run without checkpointing.
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    ok(run(common_args(tiny_pix2pix_dir, pairs, plain, 3)))
+    ok(run(common_args(tiny_pix2pix_dir, pairs, checkpointed, 3) + ["--gradient_checkpointing"]))
+    reference, result = adapter(plain), adapter(checkpointed)
+    assert result.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(result[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    moved = [k for k in reference if k.endswith("loca_continuous_locations")]
+    assert moved  # the locations were trained in this run

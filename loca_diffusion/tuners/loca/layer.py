@@ -57,6 +57,7 @@ class LoCALayer(BaseTunerLayer):
         "loca_multiplier",
         "loca_learn_locations",
         "loca_frozen",
+        "loca_inference_frozen",
         "loca_finite_stamp",
     )
 
@@ -75,6 +76,9 @@ class LoCALayer(BaseTunerLayer):
         # mirror of "loca_fixed_locations[name] holds locations", so that no forward reads the buffer
         # (a device sync); kept in step by freeze_locations and state-dict loading
         self.loca_frozen: dict[str, bool] = {}
+        # frozen only because the adapter was created for inference (not by training passing T_s): saved files
+        # then keep the flag they were read with, so resuming training from them learns locations again
+        self.loca_inference_frozen: dict[str, bool] = {}
         # (data_ptr, version) of each location parameter last found finite: checking reads the values
         # (a device sync), so it runs only when they changed
         self.loca_finite_stamp: dict[str, tuple[int, int]] = {}
@@ -142,6 +146,7 @@ class LoCALayer(BaseTunerLayer):
             indices if inference_mode else torch.full_like(indices, NOT_FROZEN)
         ).to(device)
         self.loca_frozen[adapter_name] = bool(inference_mode)
+        self.loca_inference_frozen[adapter_name] = bool(inference_mode)
         self.loca_n_frequency[adapter_name] = n_frequency
         self.loca_scaling[adapter_name] = float(scaling)
         self.loca_location_grad[adapter_name] = location_grad
@@ -161,7 +166,11 @@ class LoCALayer(BaseTunerLayer):
                 container[adapter_name] = container[adapter_name].to(target)
 
     def get_locations(self, adapter_name: str) -> torch.Tensor:
-        """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses."""
+        """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses.
+
+        Locations the optimizer moved outside ``[0, 1]`` are first projected back onto it
+        (:meth:`project_locations`), whatever optimizer or schedule moved them.
+        """
         if self.loca_frozen[adapter_name]:
             return self.loca_fixed_locations[adapter_name]
         points = self.loca_locations[adapter_name]
@@ -170,16 +179,36 @@ class LoCALayer(BaseTunerLayer):
         if cached is not None and cached[0] == stamp:
             return cached[1]
         if self.loca_finite_stamp.get(adapter_name) != stamp:
-            if not torch.isfinite(points).all():
+            # on the detached values: `isfinite` of a tensor that requires grad records autograd ops (abs) whose
+            # saved tensors a checkpoint recomputation, which finds the check done, would not save again
+            if not torch.isfinite(points.detach()).all():
                 layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
                 raise NonFiniteLocationsError(
                     f"LoCA adapter '{adapter_name}' of {layer} ({self.out_features}x{self.in_features}) has NaN or "
                     "Inf locations; the adapter is broken (a diverged training step?)"
                 )
+            # checked only when the values changed (an optimizer step), so this is a projection after each step
+            self.project_locations(adapter_name)
+            stamp = (points.data_ptr(), points._version)
             self.loca_finite_stamp[adapter_name] = stamp
         indices = locations_to_indices(points, self.out_features, self.in_features)
         self._indices_cache[adapter_name] = (stamp, indices)
         return indices
+
+    def project_locations(self, adapter_name: str) -> None:
+        """Clamp the continuous locations of ``adapter_name`` into ``[0, 1]`` in place (no-op when inside).
+
+        Plain optimizers (``transformers.Trainer``, weight decay, large learning rates) would otherwise walk them
+        off the grid: the forward rounds and clips them, so the border rows/columns collect coefficients while
+        their gradients keep pushing outward. Projecting keeps the parameter on the grid (projected gradient
+        descent), so a gradient pointing back inward moves the location at once.
+        """
+        points = self.loca_locations[adapter_name]
+        if points.device.type == "meta" or points.numel() == 0:
+            return
+        with torch.no_grad():  # nothing recorded for autograd (see get_locations)
+            if bool(points.min() < 0) or bool(points.max() > 1):
+                points.clamp_(0.0, 1.0)
 
     def _plan(self, indices: list[torch.Tensor], modes: list[Optional[str]]) -> LayerPlan:
         """The :class:`LayerPlan` of these locations and stencil modes, rebuilt only when they change.
@@ -210,6 +239,7 @@ class LoCALayer(BaseTunerLayer):
             with torch.no_grad():
                 self.loca_fixed_locations[adapter_name].copy_(self.get_locations(adapter_name))
             self.loca_frozen[adapter_name] = True
+        self.loca_inference_frozen[adapter_name] = False
         self._weight_cache = None
 
     def _prepare_state_dict_for_load(self, state_dict, prefix) -> None:
@@ -370,6 +400,11 @@ class Linear(nn.Module, LoCALayer):
         if key is not None:
             cache[adapter] = (key, delta.detach())
         return delta
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """PEFT's ``convert_to_lora`` / ``save_as_lora`` opt-in: ``get_delta_weight`` is in the storage layout
+        (transposed for ``Conv1D``), which is what PEFT's conversion expects for both layer types."""
+        return True
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)

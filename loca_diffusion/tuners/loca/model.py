@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import LoCAConfig
 from .layer import NOT_FROZEN, Linear, LoCALayer, iter_loca_layers
-from .ops import indices_to_locations
+from .ops import indices_to_locations, locations_to_indices
 from .peft_type import PREFIX
 
 _PEFT_PREFIX = "base_model.model."
@@ -24,9 +24,12 @@ class LoCAModel(BaseTuner):
     """Creates a LoCA model from a pretrained model (use through ``peft.get_peft_model`` and friends).
 
     Saved adapters hold, per adapted layer, ``<module>.loca_coefficients`` (float32 ``[B]``),
-    ``<module>.loca_locations`` (int64 ``[2, B]``: the learned integer ``(row, col)`` locations, never
-    regenerated from a seed) and ``<module>.loca_shape`` (int64 ``[2]``: ``(d_out, d_in)``, checked on
-    load; optional in files).
+    ``<module>.loca_locations`` (int64 ``[2, B]``: the learned integer ``(row, col)`` locations the forward
+    uses, never regenerated from a seed), ``<module>.loca_shape`` (int64 ``[2]``: ``(d_out, d_in)``, checked on
+    load), ``<module>.loca_continuous_locations`` (float32 ``[2, B]``: the exact ``[0, 1]``-scaled location
+    parameter, so that training resumes where it stopped) and ``<module>.loca_frozen`` (int64 ``[1]``: 1 once
+    the locations are frozen). The last three are optional in files: files written before them load with the
+    continuous locations rebuilt from the integers and the mode the adapter is created in.
     """
 
     prefix: str = PREFIX
@@ -119,15 +122,24 @@ class LoCAModel(BaseTuner):
 
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        """Save the learned integer locations under ``loca_locations``, whatever their live form."""
+        """Save the integer locations under ``loca_locations`` (what other readers and older versions expect)
+        next to the exact continuous parameter and the frozen flag (what resuming training needs)."""
         selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         for module_name, module in iter_loca_layers(model):
             if adapter_name not in module.loca_coefficients:
                 continue
             shape = torch.tensor([module.out_features, module.in_features], dtype=torch.int64)
+            module.project_locations(adapter_name)  # an optimizer step since the last forward may have left [0, 1]
+            continuous = module.loca_locations[adapter_name].detach().float().clone()
+            # frozen by training (T_s passed, freeze_locations), not merely loaded for inference
+            inference_only = module.loca_inference_frozen.get(adapter_name, False)
+            trained_frozen = module.locations_frozen(adapter_name) and not inference_only
+            frozen = torch.tensor([int(trained_frozen)], dtype=torch.int64)
             for stem in _key_stems(module_name, selected):
                 selected.pop(f"{stem}loca_fixed_locations.{adapter_name}", None)
                 selected[f"{stem}loca_locations.{adapter_name}"] = module.get_locations(adapter_name).detach().clone()
+                selected[f"{stem}loca_continuous_locations.{adapter_name}"] = continuous.clone()
+                selected[f"{stem}loca_frozen.{adapter_name}"] = frozen.clone()
                 # the layer size: coefficients and locations alone fit any layer at least as large
                 selected[f"{stem}loca_shape.{adapter_name}"] = shape.clone()
         return selected
@@ -167,15 +179,26 @@ class LoCAModel(BaseTuner):
                 )
             locations = state_dict.pop(loc_key)
             _check_locations(locations, n, d_out, d_in, _strip(module_name))
-            # the file holds no frozen flag: the adapter keeps the mode it was created in (frozen for
-            # inference, learnable with is_trainable=True)
-            model_stem = f"{module_name}."
-            frozen = module.locations_frozen(adapter_name)
-            fixed = locations.long() if frozen else torch.full_like(locations, NOT_FROZEN, dtype=torch.long)
-            state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
-            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = indices_to_locations(
-                locations.long(), d_out, d_in
+            locations = locations.long()
+            # frozen when the file says so (training had passed T_s) or when the adapter was created for inference;
+            # files written before the flag keep the mode the adapter was created in
+            frozen_key = _checkpoint_key(state_dict, module_name, "loca_frozen")
+            saved_frozen = frozen_key is not None and bool(
+                _check_flag(state_dict.pop(frozen_key), _strip(module_name))
             )
+            frozen = saved_frozen or module.locations_frozen(adapter_name)
+            module.loca_inference_frozen[adapter_name] = frozen and not saved_frozen
+            continuous_key = _checkpoint_key(state_dict, module_name, "loca_continuous_locations")
+            if continuous_key is not None:
+                continuous = state_dict.pop(continuous_key)
+                _check_continuous(continuous, locations, n, d_out, d_in, saved_frozen, _strip(module_name))
+                continuous = continuous.float()
+            else:  # files written before the continuous locations were saved
+                continuous = indices_to_locations(locations, d_out, d_in)
+            model_stem = f"{module_name}."
+            fixed = locations if frozen else torch.full_like(locations, NOT_FROZEN)
+            state_dict[f"{model_stem}loca_fixed_locations.{adapter_name}"] = fixed
+            state_dict[f"{model_stem}loca_locations.{adapter_name}"] = continuous
         unknown = [k for k in state_dict if ".loca_" in k and k not in expected and not k.endswith(f".{adapter_name}")]
         if unknown:
             raise ValueError(
@@ -223,4 +246,34 @@ def _check_locations(locations: torch.Tensor, n: int, d_out: int, d_in: int, lay
         raise ValueError(
             f"LoCA adapter weights for layer '{layer}': locations out of range for a {d_out}x{d_in} weight "
             f"(rows {int(rows.min())}..{int(rows.max())}, cols {int(cols.min())}..{int(cols.max())})"
+        )
+
+
+def _check_flag(flag: torch.Tensor, layer: str) -> int:
+    if flag.numel() != 1 or flag.is_floating_point() or flag.is_complex() or int(flag.flatten()[0]) not in (0, 1):
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': loca_frozen must be a single integer 0 or 1, got "
+            f"{flag.flatten()[:4].tolist()} ({flag.dtype})"
+        )
+    return int(flag.flatten()[0])
+
+
+def _check_continuous(
+    continuous: torch.Tensor, locations: torch.Tensor, n: int, d_out: int, d_in: int, frozen: bool, layer: str
+) -> None:
+    """The continuous locations must be finite ``[0, 1]`` floats of shape ``(2, n)`` and, while they are learned,
+    round to the integer locations saved next to them (a file edited on one side only is refused)."""
+    if tuple(continuous.shape) != (2, n) or not continuous.is_floating_point():
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': continuous locations have shape {tuple(continuous.shape)} "
+            f"({continuous.dtype}), expected (2, {n}) floats"
+        )
+    if not torch.isfinite(continuous).all() or continuous.min() < 0 or continuous.max() > 1:
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': continuous locations must be finite and inside [0, 1]"
+        )
+    if not frozen and not torch.equal(locations_to_indices(continuous.float(), d_out, d_in), locations):
+        raise ValueError(
+            f"LoCA adapter weights for layer '{layer}': the continuous locations do not round to the saved integer "
+            "locations (was one of them edited?)"
         )
