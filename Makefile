@@ -83,7 +83,7 @@ assets: $(STAMP)
 	# DEFAULT_GUIDANCE / DEFAULT_IMAGE_GUIDANCE, update those (tests/test_embedded.py checks they agree)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --sweep_guidance
 	$(BIN)/python -m loca_diffusion.embedded.photos --crops_dir $(EMB)/cartoon_photos
-	$(BIN)/python -m loca_diffusion.cartoonize --input_dir $(EMB)/cartoon_photos --output_dir $(EMB)/cartoon_pairs \
+	$(BIN)/python -m loca_diffusion.data.cartoonize --input_dir $(EMB)/cartoon_photos --output_dir $(EMB)/cartoon_pairs \
 	  --resolution 64 --num_colors 6 --bilateral_passes 1 --edge_c 8 --overwrite
 	# LoCA vs FourierFT vs LoRA (lr sweep, 3 seeds; `accelerate launch train/instruct_pix2pix_loca.py` runs) and V1;
 	# the shipped cartoonizer is the LoCA run at the chosen lr with seed 1

@@ -4,10 +4,10 @@ Importing the package registers the method with peft, so ``get_peft_model(model,
 ``PeftModel.from_pretrained`` and diffusers' ``add_adapter`` work with LoCA.
 """
 
-from .schedule import LoCASchedule
 from .tuners.loca import Linear as LoCALinear
 from .tuners.loca import LoCAConfig, LoCALayer, LoCAModel, iter_loca_layers
 from .tuners.loca.ops import delta_weight, dense_delta_weight
+from .tuners.loca.schedule import LoCASchedule
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .schedule import JOINT, LOCATIONS, LoCASchedule
+from .tuners.loca.schedule import JOINT, LOCATIONS, LoCASchedule
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ def tiny_pix2pix_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pairs(tmp_path_factory):
     """Six tiny (32 px) edit pairs from the package photos: ``--train_data_dir`` for the training script."""
-    from loca_diffusion.cartoonize import build_cartoon_dataset
+    from loca_diffusion.data.cartoonize import build_cartoon_dataset
 
     out = tmp_path_factory.mktemp("pairs") / "data"
     build_cartoon_dataset(out, from_package_photos=True, resolution=32, limit=6)

@@ -1,4 +1,4 @@
-"""The classical cartoonizer and the pair-dataset builder (loca_diffusion/cartoonize.py). Offline."""
+"""The classical cartoonizer and the pair-dataset builder (loca_diffusion/data/cartoonize.py). Offline."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loca_diffusion.cartoonize import (  # noqa: E402
+from loca_diffusion.data.cartoonize import (  # noqa: E402
     build_cartoon_dataset,
     cartoonize,
     main,
     package_photos,
     prepare_photo,
 )
-from loca_diffusion.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
 
 
 def _photo(seed: int, size=(64, 48)) -> Image.Image:

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from loca_diffusion.cartoonize import build_cartoon_dataset  # noqa: E402
 from loca_diffusion.data import (  # noqa: E402
     CorruptImageError,
     EditPairTransform,
@@ -24,7 +23,8 @@ from loca_diffusion.data import (  # noqa: E402
     load_edit_dataset,
     make_train_dataset,
 )
-from loca_diffusion.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
+from loca_diffusion.data.cartoonize import build_cartoon_dataset  # noqa: E402
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
 
 RES = 32
 
@@ -141,7 +141,7 @@ def test_corrupt_and_missing_images_are_named(pair_dir, tmp_path, cache_dir):
 
 
 def test_missing_folder_and_missing_metadata(tmp_path, cache_dir):
-    with pytest.raises(FileNotFoundError, match="does not exist.*loca_diffusion.cartoonize"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*loca_diffusion.data.cartoonize"):
         load_edit_dataset(train_data_dir=tmp_path / "nope", cache_dir=cache_dir)
     (tmp_path / "images").mkdir()
     _photo(0).save(tmp_path / "images" / "a.png")
@@ -208,7 +208,7 @@ def test_hub_unreachable_fails_fast_and_clearly(monkeypatch, cache_dir):
     assert time.perf_counter() - start < 10
     assert isinstance(info.value, OSError)
     message = str(info.value)
-    assert name in message and "--train_data_dir" in message and "loca_diffusion.cartoonize" in message
+    assert name in message and "--train_data_dir" in message and "loca_diffusion.data.cartoonize" in message
 
 
 def test_hub_offline_mode_fails_fast_and_clearly(monkeypatch, cache_dir):

@@ -5,7 +5,7 @@ import pytest
 import scipy.fft
 import torch
 
-from loca_diffusion.dct import (
+from loca_diffusion.tuners.loca.dct import (
     TRANSFORM_METHODS,
     dct,
     dct2,

@@ -1,7 +1,7 @@
 """The committed embedded default (assets/): the base loads and its shipped edits do what they say on
 held-out photos, the LoCA cartoonizer moves the output toward the cartoon target, and the edit CLI runs offline.
 References are computed independently of the model: pixel correlation with the input,
-PSNR against loca_diffusion.cartoonize's output."""
+PSNR against loca_diffusion.data.cartoonize's output."""
 
 from __future__ import annotations
 

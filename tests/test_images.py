@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loca_diffusion.cartoonize import build_cartoon_dataset
 from loca_diffusion.data import load_edit_dataset, make_train_dataset
+from loca_diffusion.data.cartoonize import build_cartoon_dataset
 from loca_diffusion.images import load_rgb
 
 H, W = 24, 40

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES
 from loca_diffusion.embedded.edits import (
     CARTOON_INSTRUCTION,
     CARTOON_STYLE,
@@ -24,7 +25,6 @@ from loca_diffusion.embedded.edits import (
 )
 from loca_diffusion.embedded.metrics import psnr
 from loca_diffusion.embedded.photos import held_out_batch, to_image
-from loca_diffusion.prompts import CARTOONIZATION_PARAPHRASES
 
 ROOT = Path(__file__).resolve().parents[1]
 cv2 = pytest.importorskip("cv2")

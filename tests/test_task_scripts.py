@@ -435,7 +435,7 @@ def test_image_classification_clear_errors(tiny_dinov2, tmp_path):
 def test_instruction_prompts_are_masked(tokenizer_dir, instructions):
     from transformers import AutoTokenizer
 
-    from loca_diffusion.task_data import InstructionDataset, load_instructions, prompt_text
+    from loca_diffusion.data.tasks import InstructionDataset, load_instructions, prompt_text
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
@@ -499,7 +499,7 @@ def test_causal_lm_train_generate_and_load(tiny_llama, instructions, tmp_path, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import loca_diffusion  # noqa: F401
-    from loca_diffusion.task_data import InstructionDataset, read_records
+    from loca_diffusion.data.tasks import InstructionDataset, read_records
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     rows = read_records(validation_file)
@@ -542,7 +542,7 @@ def test_causal_lm_clear_errors(tiny_llama, tmp_path):
 
 
 def test_rouge_l_matches_the_longest_common_subsequence():
-    from loca_diffusion.task_training import rouge_l
+    from loca_diffusion.training.loop import rouge_l
 
     # LCS("the cat sat on the mat", "the cat lay on a mat") = the cat on mat: 4 of 6 tokens each way
     assert rouge_l(["the cat sat on the mat"], ["the cat lay on a mat"]) == pytest.approx(4 / 6)
@@ -567,7 +567,7 @@ def test_read_idx_round_trip_and_errors(tmp_path):
 def test_glue_task_names_are_checked_before_any_download(task, message):
     import argparse
 
-    from loca_diffusion.task_data import load_text_classification
+    from loca_diffusion.data.tasks import load_text_classification
 
     args = argparse.Namespace(train_dir=None, train_file=None, dataset_name=None, task_name=task)
     with pytest.raises(ValueError, match=message):

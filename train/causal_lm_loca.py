@@ -13,7 +13,7 @@ at the end.
 
 Local data: ``--train_file/--validation_file`` (json/jsonl/csv with ``instruction``, optional ``input`` and
 ``output`` columns). Reads top to bottom like transformers' run_clm_no_trainer.py; the shared pieces live
-in ``loca_diffusion.task_training`` / ``task_data``.
+in ``loca_diffusion.training.loop`` / ``task_data``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
+from loca_diffusion.data.tasks import InstructionDataset, add_data_arguments, load_instructions, pad_collate
 from loca_diffusion.offline import resolve_model
-from loca_diffusion.task_data import InstructionDataset, add_data_arguments, load_instructions, pad_collate
-from loca_diffusion.task_training import (
+from loca_diffusion.training.loop import (
     add_adapter_arguments,
     add_training_arguments,
     apply_adapter,

@@ -13,7 +13,7 @@ query and value projections, the paper's image-classification setting (Table 4);
 
 Local data: ``--train_dir`` (an imagefolder: one sub-folder of images per class) or ``--idx_dir`` (MNIST-format
 IDX files). Reads top to bottom like transformers' run_image_classification_no_trainer.py; the shared pieces
-live in ``loca_diffusion.task_training`` / ``task_data``.
+live in ``loca_diffusion.training.loop`` / ``task_data``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
+from loca_diffusion.data.tasks import PixelClassification, add_data_arguments, load_image_classification
 from loca_diffusion.offline import resolve_model
-from loca_diffusion.task_data import PixelClassification, add_data_arguments, load_image_classification
-from loca_diffusion.task_training import (
+from loca_diffusion.training.loop import (
     add_adapter_arguments,
     add_training_arguments,
     apply_adapter,

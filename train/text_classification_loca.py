@@ -11,7 +11,7 @@ query and value projections, the paper's GLUE setting (Table 1); the classifier 
 
 Local data: ``--train_file/--validation_file`` (csv/jsonl with ``--text_column`` and ``--label_column``) or
 ``--train_dir`` (one folder of .txt files per class). Reads top to bottom like transformers'
-run_glue_no_trainer.py; the shared pieces live in ``loca_diffusion.task_training`` / ``task_data``.
+run_glue_no_trainer.py; the shared pieces live in ``loca_diffusion.training.loop`` / ``task_data``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
-from loca_diffusion.offline import resolve_model
-from loca_diffusion.task_data import (
+from loca_diffusion.data.tasks import (
     TokenizedClassification,
     add_data_arguments,
     load_text_classification,
     pad_collate,
 )
-from loca_diffusion.task_training import (
+from loca_diffusion.offline import resolve_model
+from loca_diffusion.training.loop import (
     add_adapter_arguments,
     add_training_arguments,
     apply_adapter,

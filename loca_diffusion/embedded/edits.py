@@ -186,14 +186,14 @@ EDITS: tuple[Edit, ...] = (
 )
 
 
-# The cartoonizer adapter's target: loca_diffusion.cartoonize tuned for 64 px images (one smoothing
+# The cartoonizer adapter's target: loca_diffusion.data.cartoonize tuned for 64 px images (one smoothing
 # pass, 6 colours, a higher ink threshold: the defaults draw 2-3 px black blobs at this size).
 CARTOON_STYLE = {"num_colors": 6, "bilateral_passes": 1, "edge_c": 8}
 CARTOON_INSTRUCTION = "Change the natural image to a cartoon-style image."  # the paper's evaluation prompt
 
 
 def _cartoon_layers(images: torch.Tensor) -> list[tuple]:
-    from ..cartoonize import cartoon_layers
+    from ..data.cartoonize import cartoon_layers
     from .photos import to_image
 
     return [cartoon_layers(to_image(x), **CARTOON_STYLE) for x in images]
@@ -204,9 +204,9 @@ def _from_uint8(array) -> torch.Tensor:
 
 
 def cartoon_targets(images: torch.Tensor, ink: bool = True) -> torch.Tensor:
-    """:func:`loca_diffusion.cartoonize.cartoonize` with :data:`CARTOON_STYLE` of each image (B, 3, H, W);
+    """:func:`loca_diffusion.data.cartoonize.cartoonize` with :data:`CARTOON_STYLE` of each image (B, 3, H, W);
     ``ink=False``: its flat colours without the black ink lines."""
-    from ..cartoonize import cartoonize
+    from ..data.cartoonize import cartoonize
     from .photos import to_image, to_tensor
 
     return torch.stack([to_tensor(cartoonize(to_image(x), **CARTOON_STYLE, ink=ink)) for x in images])
@@ -228,7 +228,7 @@ def cartoon_reference_outputs(images: torch.Tensor, targets: torch.Tensor) -> di
     }
 
 
-# The parts of a cartoon, each a base edit of its own (the layers of loca_diffusion.cartoonize with
+# The parts of a cartoon, each a base edit of its own (the layers of loca_diffusion.data.cartoonize with
 # CARTOON_STYLE). The base learns them in pretraining; the cartoon itself (flat colours AND ink, and
 # its instruction) never reaches pretraining: composing the parts is what the LoCA adapter learns, as
 # an adapter on the real InstructPix2Pix composes what its base learned from 450k edits.
@@ -254,7 +254,7 @@ def line_drawing(x: torch.Tensor) -> torch.Tensor:
 def smooth(x: torch.Tensor, passes: int = 3) -> torch.Tensor:
     """Edge-preserving smoothing: the cartoon's bilateral filter, run ``passes`` times (one pass is too
     faint at 64 px to learn as an edit of its own)."""
-    from ..cartoonize import cartoon_layers
+    from ..data.cartoonize import cartoon_layers
     from .photos import to_image
 
     style = {**CARTOON_STYLE, "bilateral_passes": passes}

@@ -39,7 +39,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ...dct import _scipy_fft, dct, dct_matrix, dct_t, idct, idct2, idct_t, working_dtype
+from .dct import _scipy_fft, dct, dct_matrix, dct_t, idct, idct2, idct_t, working_dtype
 
 LOCATION_GRAD_MODES = ("central", "forward", "backward")
 STRATEGIES = ("auto", "weight", "hybrid", "activation")
@@ -70,7 +70,7 @@ def delta_weight(
     Built as ``(C_out^T S) C_in``: the left factor is a scatter of ``B`` scaled DCT rows (``B * d_out``
     work) and the right one a single inverse DCT pass. A pass costs several elementwise sweeps of the
     matrix, so only beyond ~3 coefficients per column do a dense ``S`` and a 2-D inverse DCT (two passes)
-    win. ``method``: the DCT implementation (see :mod:`loca_diffusion.dct`).
+    win. ``method``: the DCT implementation (see :mod:`loca_diffusion.tuners.loca.dct`).
     """
     device = coefficients.device
     dtype = working_dtype(coefficients.dtype)

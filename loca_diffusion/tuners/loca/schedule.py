@@ -25,8 +25,8 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from .tuners.loca.config import SCHEDULE_VARIANTS, LoCAConfig
-from .tuners.loca.layer import LoCALayer, iter_loca_layers, unwrap_parallel
+from .config import SCHEDULE_VARIANTS, LoCAConfig
+from .layer import LoCALayer, iter_loca_layers, unwrap_parallel
 
 COEFFICIENTS, LOCATIONS, JOINT = "coefficients", "locations", "joint"
 

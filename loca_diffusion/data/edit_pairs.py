@@ -12,7 +12,7 @@ Loading (:func:`load_edit_dataset`) takes either a Hub dataset name (default col
 
 A key ``<column>_file_name`` becomes an image column ``<column>`` (``datasets`` >= 3.4 does this
 natively); a plain ``file_name`` key becomes the column ``image``. This is what
-``python -m loca_diffusion.cartoonize`` writes. The diffusers examples' style, where extra image
+``python -m loca_diffusion.data.cartoonize`` writes. The diffusers examples' style, where extra image
 columns hold file names as strings (``{"file_name": "a.png", "edited_image": "b.png", ...}``), is
 accepted too: a requested image column holding strings is read as paths relative to ``DIR``. A folder is
 one dataset: file and folder names never split it (``datasets`` alone would set aside files named like
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .hub import (
+from ..hub import (
     HUB_TIMEOUT,
     HubUnavailableError,
     classify_hub_error,
@@ -57,7 +57,7 @@ from .hub import (
     probe_repo,
     unavailable_error,
 )
-from .images import load_rgb
+from ..images import load_rgb
 from .prompts import CARTOONIZATION_PARAPHRASES
 
 __all__ = [
@@ -85,7 +85,7 @@ METADATA_FILENAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 _LOCAL_HINT = (
     "To train without the Hub, build a local pair dataset from a folder of photos with "
-    "`python -m loca_diffusion.cartoonize --input_dir PHOTOS --output_dir DIR` (or `--from_package_photos`) "
+    "`python -m loca_diffusion.data.cartoonize --input_dir PHOTOS --output_dir DIR` (or `--from_package_photos`) "
     "and pass `--train_data_dir DIR` (train_data_dir=DIR) instead of --dataset_name."
 )
 
@@ -171,7 +171,7 @@ def _load_local(folder: str | os.PathLike, split: str, cache_dir):
     if not root.exists():
         raise FileNotFoundError(
             f"train_data_dir {str(root)!r} does not exist. Build a pair dataset there with "
-            f"`python -m loca_diffusion.cartoonize --input_dir PHOTOS --output_dir {root}`."
+            f"`python -m loca_diffusion.data.cartoonize --input_dir PHOTOS --output_dir {root}`."
         )
     if not root.is_dir():
         raise NotADirectoryError(f"train_data_dir {str(root)!r} is not a folder")

@@ -22,8 +22,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .schedule import LoCASchedule
-from .training import (
+from ..tuners.loca.schedule import LoCASchedule
+from .checkpoints import (
     ADAPTERS,
     build_adapter_config,
     count_moved_locations,
@@ -519,7 +519,7 @@ def save_outputs(
     if accelerator.is_main_process:
         from safetensors.torch import save_file
 
-        from .training import save_adapter
+        from .checkpoints import save_adapter
 
         unwrapped = accelerator.unwrap_model(model)
         out = Path(args.output_dir)
@@ -605,7 +605,7 @@ def write_task_model_card(
 def exit_on_data_error(function: Callable, *args, **kwargs):
     """Run a data loader; bad input (missing file/column, unknown label, empty file, Hub unreachable) ends the
     script with one clear line instead of a traceback."""
-    from .hub import HubUnavailableError
+    from ..hub import HubUnavailableError
 
     try:
         return function(*args, **kwargs)

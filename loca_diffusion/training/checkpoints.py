@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .tuners.loca.config import LoCAConfig
-from .tuners.loca.layer import iter_loca_layers
+from ..tuners.loca.config import LoCAConfig
+from ..tuners.loca.layer import iter_loca_layers
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def save_adapter(
     locations, frozen flags) for an exact resume. ``base_model_name_or_path`` goes into the adapter config."""
     from safetensors.torch import save_file
 
-    from .loaders import write_loca_adapter
+    from ..loaders import write_loca_adapter
 
     target = write_loca_adapter(model, directory, adapter_name, base_model_name_or_path=base_model_name_or_path)
     if live_state:
@@ -206,7 +206,7 @@ def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = 
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .loaders import LOCA_WEIGHTS_NAME, to_model_keys
+    from ..loaders import LOCA_WEIGHTS_NAME, to_model_keys
 
     def unwrap(model):
         return accelerator.unwrap_model(model)

@@ -4,11 +4,11 @@
 edge-preserving bilateral smoothing, k-means colour quantization and adaptive-threshold edges. It
 runs in a few tens of milliseconds on a 256 px image.
 
-``python -m loca_diffusion.cartoonize`` builds, from any folder of photos (and/or the photos that
+``python -m loca_diffusion.data.cartoonize`` builds, from any folder of photos (and/or the photos that
 ship inside installed packages, ``--from_package_photos``), a dataset with the same columns as the
 ``instruction-tuning-sd/cartoonization`` Hub set, so training works without the Hub::
 
-    python -m loca_diffusion.cartoonize --input_dir PHOTOS --output_dir OUT [--resolution 256] \
+    python -m loca_diffusion.data.cartoonize --input_dir PHOTOS --output_dir OUT [--resolution 256] \
         [--seed 0] [--limit N] [--from_package_photos] [--prompts_file FILE] [--overwrite]
 
 It writes an ``imagefolder`` dataset (see ``loca_diffusion.data`` for the format)::
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import load_rgb
+from ..images import load_rgb
 from .prompts import CARTOONIZATION_PARAPHRASES, load_prompts
 
 __all__ = [
@@ -82,7 +82,7 @@ def _cv2():
         import cv2
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "loca_diffusion.cartoonize needs OpenCV: pip install opencv-python-headless"
+            "loca_diffusion.data.cartoonize needs OpenCV: pip install opencv-python-headless"
         ) from err
     return cv2
 
@@ -318,7 +318,7 @@ def build_cartoon_dataset(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m loca_diffusion.cartoonize",
+        prog="python -m loca_diffusion.data.cartoonize",
         description="Build an InstructPix2Pix cartoonization pair dataset (original_image, edit_prompt, "
         "cartoonized_image) from photos with a classical OpenCV cartoonizer.",
     )

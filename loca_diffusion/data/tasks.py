@@ -103,7 +103,7 @@ def columns_of(rows: Sequence[dict], columns: Sequence[str], where: str) -> dict
 
 
 def _hub_split(name: str, config: Optional[str], split: str, cache_dir: Optional[str]):
-    from .data import _load_hub  # one Hub probe with a clear error when offline
+    from .edit_pairs import _load_hub  # one Hub probe with a clear error when offline
 
     return _load_hub(name, config, split, cache_dir, None, 10.0)
 
@@ -188,7 +188,7 @@ def load_text_classification(args) -> tuple[dict, dict, list[str]]:
     balanced 1-in-5 holdout), ``--train_file`` / ``--validation_file`` (csv/tsv/json/jsonl with
     ``--text_column`` and ``--label_column``), ``--dataset_name offline:bbc-news``, ``--task_name`` (GLUE on the
     Hub) or ``--dataset_name`` (any Hub dataset with those columns)."""
-    from .offline.data import bbc_news, read_class_folders
+    from ..offline.data import bbc_news, read_class_folders
 
     pair = None
     if args.train_dir:
@@ -303,7 +303,7 @@ def load_image_classification(args) -> tuple[dict, dict, list[str]]:
     ``--validation_dir`` or a 1-in-5 holdout), ``--idx_dir`` (MNIST-format IDX files),
     ``--dataset_name offline:fashion-mnist``, or a Hub ``--dataset_name`` with ``--image_column`` and
     ``--label_column``."""
-    from .offline.data import fashion_mnist
+    from ..offline.data import fashion_mnist
 
     if args.train_dir:
         train, validation, names = _class_folder_splits(
@@ -407,7 +407,7 @@ def load_instructions(args) -> tuple[dict, dict]:
     ``--validation_file`` (json/jsonl/csv with those columns; ``input`` may be absent),
     ``--dataset_name offline:bbc-headlines`` (article body -> headline), or a Hub ``--dataset_name``
     (Alpaca-style columns; without a validation split, 2% of train is held out)."""
-    from .offline.data import bbc_news
+    from ..offline.data import bbc_news
 
     keys = (args.instruction_column, args.input_column, args.output_column)
     if args.train_file:
