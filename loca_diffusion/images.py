@@ -1,5 +1,5 @@
 """Opening user images as 8-bit RGB, the same way everywhere (pair builder, training data, validation,
-web app).
+web app), and laying images out in a grid (:func:`image_grid`, for validation samples).
 
 ``PIL.Image.convert("RGB")`` clips 16-bit and 32-bit integer greyscale images (modes ``I;16``,
 ``I;16B``, ``I;16L``, ``I``; 16-bit PNGs and TIFFs) at 255, which turns them all white. Here they are
@@ -10,13 +10,14 @@ channels show through.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["load_rgb", "SIXTEEN_BIT_MODES"]
+__all__ = ["load_rgb", "image_grid", "SIXTEEN_BIT_MODES"]
 
 # Integer greyscale modes whose range is 0..65535 (Pillow opens 16-bit PNGs as I;16 or, before 10.x, as I).
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -50,3 +51,15 @@ def load_rgb(image: Union[str, os.PathLike, Image.Image]) -> Image.Image:
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
         return Image.alpha_composite(background, image).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_grid(images: list[Image.Image], columns: int) -> Image.Image:
+    """Images (same size) laid out row by row."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB").resize((w, h)), ((i % columns) * w, (i // columns) * h))
+    return grid

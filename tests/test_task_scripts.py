@@ -542,7 +542,7 @@ def test_causal_lm_clear_errors(tiny_llama, tmp_path):
 
 
 def test_rouge_l_matches_the_longest_common_subsequence():
-    from loca_diffusion.training.loop import rouge_l
+    from loca_diffusion.training.evaluation import rouge_l
 
     # LCS("the cat sat on the mat", "the cat lay on a mat") = the cat on mat: 4 of 6 tokens each way
     assert rouge_l(["the cat sat on the mat"], ["the cat lay on a mat"]) == pytest.approx(4 / 6)

@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from PIL import Image
 
 from loca_diffusion import LoCAConfig
-from loca_diffusion.pictures import image_grid, location_heatmap
+from loca_diffusion.images import image_grid
 from loca_diffusion.training import (
     CHECKPOINT_INFO_FILE,
     build_adapter_config,
@@ -24,6 +24,7 @@ from loca_diffusion.training import (
     trainable_parameter_count,
     write_model_card,
 )
+from loca_diffusion.training.pix2pix import location_heatmap
 
 
 class Attn(nn.Module):

@@ -13,7 +13,7 @@ at the end.
 
 Local data: ``--train_file/--validation_file`` (json/jsonl/csv with ``instruction``, optional ``input`` and
 ``output`` columns). Reads top to bottom like transformers' run_clm_no_trainer.py; the shared pieces live
-in ``loca_diffusion.training.loop`` / ``task_data``.
+in ``loca_diffusion.training`` / ``loca_diffusion.data.tasks``.
 """
 
 from __future__ import annotations
@@ -27,19 +27,16 @@ import torch
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
 from loca_diffusion.data.tasks import InstructionDataset, add_data_arguments, load_instructions, pad_collate
 from loca_diffusion.offline import resolve_model
+from loca_diffusion.training.args import add_adapter_arguments, add_training_arguments
+from loca_diffusion.training.cards import usage_snippet
+from loca_diffusion.training.evaluation import evaluate_loss, generate_responses, rouge_l
 from loca_diffusion.training.loop import (
-    add_adapter_arguments,
-    add_training_arguments,
     apply_adapter,
-    evaluate_loss,
     exit_on_data_error,
-    generate_responses,
     make_accelerator,
     make_dataloaders,
-    rouge_l,
     save_outputs,
     train,
-    usage_snippet,
 )
 
 LLAMA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"

@@ -13,7 +13,7 @@ query and value projections, the paper's image-classification setting (Table 4);
 
 Local data: ``--train_dir`` (an imagefolder: one sub-folder of images per class) or ``--idx_dir`` (MNIST-format
 IDX files). Reads top to bottom like transformers' run_image_classification_no_trainer.py; the shared pieces
-live in ``loca_diffusion.training.loop`` / ``task_data``.
+live in ``loca_diffusion.training`` / ``loca_diffusion.data.tasks``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,17 @@ import argparse
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
 from loca_diffusion.data.tasks import PixelClassification, add_data_arguments, load_image_classification
 from loca_diffusion.offline import resolve_model
+from loca_diffusion.training.args import add_adapter_arguments, add_training_arguments
+from loca_diffusion.training.cards import usage_snippet
+from loca_diffusion.training.evaluation import evaluate_classification
 from loca_diffusion.training.loop import (
-    add_adapter_arguments,
-    add_training_arguments,
     apply_adapter,
-    evaluate_classification,
     exit_on_data_error,
     head_module_names,
     make_accelerator,
     make_dataloaders,
     save_outputs,
     train,
-    usage_snippet,
 )
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -44,8 +44,7 @@ from loca_diffusion.data import (
     make_train_dataset,
 )
 from loca_diffusion.hub import HubUnavailableError, push_to_hub
-from loca_diffusion.images import load_rgb
-from loca_diffusion.pictures import image_grid, location_heatmap
+from loca_diffusion.images import image_grid, load_rgb
 from loca_diffusion.training import (
     ADAPTERS,
     CHECKPOINT_INFO_FILE,
@@ -65,6 +64,7 @@ from loca_diffusion.training import (
     trainable_parameter_count,
     write_model_card,
 )
+from loca_diffusion.training.pix2pix import location_heatmap
 from loca_diffusion.tuners.loca import LOCATION_GRAD_MODES, SCHEDULE_VARIANTS
 
 logger = get_logger(__name__, log_level="INFO")

@@ -11,7 +11,7 @@ query and value projections, the paper's GLUE setting (Table 1); the classifier 
 
 Local data: ``--train_file/--validation_file`` (csv/jsonl with ``--text_column`` and ``--label_column``) or
 ``--train_dir`` (one folder of .txt files per class). Reads top to bottom like transformers'
-run_glue_no_trainer.py; the shared pieces live in ``loca_diffusion.training.loop`` / ``task_data``.
+run_glue_no_trainer.py; the shared pieces live in ``loca_diffusion.training`` / ``loca_diffusion.data.tasks``.
 """
 
 from __future__ import annotations
@@ -26,18 +26,17 @@ from loca_diffusion.data.tasks import (
     pad_collate,
 )
 from loca_diffusion.offline import resolve_model
+from loca_diffusion.training.args import add_adapter_arguments, add_training_arguments
+from loca_diffusion.training.cards import usage_snippet
+from loca_diffusion.training.evaluation import evaluate_classification
 from loca_diffusion.training.loop import (
-    add_adapter_arguments,
-    add_training_arguments,
     apply_adapter,
-    evaluate_classification,
     exit_on_data_error,
     head_module_names,
     make_accelerator,
     make_dataloaders,
     save_outputs,
     train,
-    usage_snippet,
 )
 
 

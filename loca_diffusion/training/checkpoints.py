@@ -1,6 +1,6 @@
-"""Reusable pieces of the adapter training scripts (``train/``): adapter configs with matched budgets,
-accelerate checkpoint hooks, InstructPix2Pix's loss and conditioning dropout, location movement and the
-model card (pictures: :mod:`loca_diffusion.pictures`; Hub upload: :func:`loca_diffusion.hub.push_to_hub`)."""
+"""Checkpoints of the training scripts: the adapter writer (PEFT layout plus the live LoCA state for an exact
+resume), accelerate's save/load hooks, atomic ``checkpoint-<step>`` folders and finding the latest one, and the
+batches still to train in the epoch a run resumes in."""
 
 from __future__ import annotations
 
@@ -15,157 +15,22 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..tuners.loca.config import LoCAConfig
-from ..tuners.loca.layer import iter_loca_layers
-
 logger = logging.getLogger(__name__)
-
-ADAPTERS = ("loca", "fourierft", "lora")
-UNET_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 # ----------------------------------------------------------------------------------------------------
 # adapter configs
 
 
-def _targeted_linears(model: nn.Module, target_modules: list[str]) -> list[nn.Linear]:
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
-            found.append(module)
-    if not found:
-        raise ValueError(f"No nn.Linear module of the model matches target_modules={target_modules}")
-    return found
-
-
-def build_adapter_config(
-    adapter: str,
-    model: nn.Module,
-    target_modules: list[str],
-    n_frequency: int = 1000,
-    scaling: float = 1.0,
-    lora_rank: Optional[int] = None,
-    lora_alpha: Optional[float] = None,
-    fourierft_scaling: float = 64.0,
-    match_budget: bool = False,
-    **loca_kwargs,
-):
-    """The peft config of ``adapter`` (``loca``, ``fourierft`` or ``lora``) on ``target_modules``.
-
-    ``match_budget=True`` gives the baselines LoCA's trainable-parameter count (``n_frequency`` per
-    layer; locations are not counted once frozen, as in the paper): FourierFT gets the same
-    ``n_frequency``; LoRA the rank whose ``r * (d_in + d_out)`` summed over the layers is closest.
-    """
-    if adapter not in ADAPTERS:
-        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
-    from peft import FourierFTConfig, LoraConfig
-
-    if adapter == "loca":
-        return LoCAConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=scaling, **loca_kwargs)
-    if adapter == "fourierft":
-        return FourierFTConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=fourierft_scaling)
-    if match_budget:
-        layers = _targeted_linears(model, target_modules)
-        budget = n_frequency * len(layers)
-        per_rank = sum(layer.in_features + layer.out_features for layer in layers)
-        lora_rank = max(1, round(budget / per_rank))
-    rank = 4 if lora_rank is None else int(lora_rank)
-    if rank < 1:
-        raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
-    return LoraConfig(
-        r=rank,
-        lora_alpha=lora_alpha if lora_alpha is not None else rank,
-        target_modules=target_modules,
-        init_lora_weights="gaussian",
-    )
-
-
-def trainable_parameter_count(model: nn.Module, count_loca_locations: bool = False) -> int:
-    """Trainable parameters; LoCA locations are left out (they are frozen integers after T_s)."""
-    return sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if p.requires_grad and (count_loca_locations or "loca_locations" not in name)
-    )
-
 
 # ----------------------------------------------------------------------------------------------------
 # InstructPix2Pix conditioning dropout
 
 
-def conditioning_dropout(
-    encoder_hidden_states: torch.Tensor,
-    original_image_latents: torch.Tensor,
-    null_conditioning: torch.Tensor,
-    probability: float,
-    generator: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the text only, the image only, or both, each with ``probability`` (InstructPix2Pix's
-    classifier-free guidance training): with ``u ~ U(0, 1)`` per example, text is dropped for
-    ``u < 2p``, the image for ``p <= u < 3p``; both therefore for ``p <= u < 2p``."""
-    if probability <= 0:
-        return encoder_hidden_states, original_image_latents
-    batch = encoder_hidden_states.shape[0]
-    u = torch.rand(batch, device="cpu", generator=generator).to(encoder_hidden_states.device)
-    drop_text = (u < 2 * probability).view(batch, 1, 1)
-    encoder_hidden_states = torch.where(
-        drop_text, null_conditioning.to(encoder_hidden_states.dtype), encoder_hidden_states
-    )
-    keep_image = 1 - ((u >= probability) & (u < 3 * probability)).to(original_image_latents.dtype)
-    return encoder_hidden_states, original_image_latents * keep_image.view(batch, 1, 1, 1)
-
-
-def instruct_pix2pix_loss(
-    unet: nn.Module,
-    vae: nn.Module,
-    text_encoder: nn.Module,
-    noise_scheduler,
-    batch: dict[str, torch.Tensor],
-    null_conditioning: torch.Tensor,
-    dropout_probability: float,
-    weight_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """InstructPix2Pix's training loss on one batch (``edited_pixel_values``, ``original_pixel_values`` in
-    [-1, 1], ``input_ids``): noise the edited image's latents, condition on the instruction and the original
-    image's latents (with :func:`conditioning_dropout`), and regress the scheduler's target (noise or
-    velocity). Draws from the global RNG in a fixed order, so a resumed run replays it."""
-    latents = vae.encode(batch["edited_pixel_values"].to(weight_dtype)).latent_dist.sample()
-    latents = latents * vae.config.scaling_factor
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(
-        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-    ).long()
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    encoder_hidden_states = text_encoder(batch["input_ids"])[0]
-    original_latents = vae.encode(batch["original_pixel_values"].to(weight_dtype)).latent_dist.mode()
-    encoder_hidden_states, original_latents = conditioning_dropout(
-        encoder_hidden_states, original_latents, null_conditioning, dropout_probability
-    )
-    model_input = torch.cat([noisy_latents, original_latents], dim=1)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    prediction = unet(model_input, timesteps, encoder_hidden_states, return_dict=False)[0]
-    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="mean")
-
 
 # ----------------------------------------------------------------------------------------------------
 # location movement
 
-
-def location_snapshot(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """Each LoCA layer's integer locations now (CPU copies), by layer name."""
-    return {
-        name: layer.get_locations(adapter_name).detach().cpu().clone()
-        for name, layer in iter_loca_layers(model)
-        if adapter_name in layer.loca_coefficients
-    }
-
-
-def count_moved_locations(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
-    """How many coefficients sit at another (row, col) than in ``before``."""
-    return int(sum((before[k] != after[k]).any(dim=0).sum() for k in before if k in after))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -338,100 +203,51 @@ def save_checkpoint(
     return final
 
 
-_CARD_USAGE = {
-    "loca": (
-        "import loca_diffusion",
-        "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
-        "",
-        'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base}")',
-        'pipe.load_loca("path/to/this/directory")',
-    ),
-    "lora": (
-        "from diffusers import StableDiffusionInstructPix2PixPipeline",
-        "",
-        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
-        'pipe.load_lora_weights("path/to/this/directory")',
-    ),
-    "fourierft": (
-        "from diffusers import StableDiffusionInstructPix2PixPipeline",
-        "from peft import PeftModel",
-        "",
-        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
-        'pipe.unet = PeftModel.from_pretrained(pipe.unet, "path/to/this/directory")',
-    ),
-}
-ADAPTER_TITLES = {"loca": "LoCA", "lora": "LoRA", "fourierft": "FourierFT"}
 
 
-def write_model_card(
-    output_dir: str | Path,
-    base_model: str,
-    adapter: str,
-    hyperparameters: dict,
-    trainable_parameters: int,
-    dataset_name: Optional[str] = None,
-    train_data_dir: Optional[str] = None,
-    sample_grid: Optional[str] = None,
-    heatmap: Optional[str] = None,
-) -> Path:
-    """``README.md`` of a trained ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model, training
-    data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
-    to load it with that adapter's own loader, hyperparameters, parameter count, pictures.
-    ``hyperparameters`` is written as given: leave secrets out."""
-    if adapter not in ADAPTERS:
-        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
-    title = ADAPTER_TITLES[adapter]
-    front = ["---", f"base_model: {base_model}", "library_name: peft"]
-    if dataset_name:
-        front.append(f"datasets: [{dataset_name}]")
-    front += [f"tags: [{adapter}, instruct-pix2pix, diffusers, peft, image-to-image]", "---"]
-    if dataset_name:
-        data = f"the Hub dataset `{dataset_name}`"
-    else:
-        data = f"a local pair folder (`{train_data_dir}`)" if train_data_dir else "not recorded"
-    counted = " (coefficients; the frozen integer locations are not counted)" if adapter == "loca" else ""
-    lines = front + [
-        "",
-        f"# {title} adapter for InstructPix2Pix",
-        "",
-        f"- Base model: `{base_model}`",
-        f"- Training data: {data}",
-        f"- Adapter: {title} on the UNet attention projections",
-        f"- Trainable parameters{counted}: {trainable_parameters:,}",
-        "",
-        "## Use",
-        "",
-        "```python",
-        *(line.format(base=base_model) for line in _CARD_USAGE[adapter]),
-        "```",
-        "",
-        "## Hyperparameters",
-        "",
-        "```json",
-        json.dumps(hyperparameters, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
-    if sample_grid:
-        lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
-    if heatmap:
-        lines += ["## Learned frequency locations", "", f"![locations]({heatmap})", ""]
-    path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+TRAINABLE_STATE_FILE = "trainable_state.safetensors"
 
 
-def check_replicas_in_sync(accelerator, model: nn.Module) -> int:
-    """Raise if the adapter differs between processes (DDP and the schedule must keep the replicas
-    equal); returns how many processes were compared."""
-    values = [v.detach().double().flatten() for k, v in sorted(model.state_dict().items()) if _is_adapter_key(k)]
-    flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
-    local = torch.stack([flat.sum(), flat.abs().sum(), flat.square().sum()])
-    gathered = accelerator.gather(local.to(accelerator.device)[None]).cpu()
-    if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
-        raise RuntimeError(f"Adapter replicas differ between processes: {gathered.tolist()}")
-    return gathered.shape[0]
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything a resume needs from the model: trainable parameters and LoCA's live buffers (continuous
+    locations, frozen flags). The frozen base is not saved."""
+    params = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items() if k in params or ".loca_" in k
+    }
 
 
-def _is_adapter_key(key: str) -> bool:
-    return any(tag in key for tag in (".loca_", ".lora_", ".fourierft_"))
+def register_trainable_checkpoint_hooks(accelerator, model: nn.Module) -> None:
+    """``accelerator.save_state`` / ``load_state`` write and read :func:`trainable_state` (adapter and head)
+    instead of the full model."""
+    from safetensors.torch import load_file, save_file
+
+    def is_model(m) -> bool:
+        return accelerator.unwrap_model(m) is accelerator.unwrap_model(model)
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for m in models:
+                if is_model(m):
+                    save_file(
+                        trainable_state(accelerator.unwrap_model(m)), str(Path(output_dir) / TRAINABLE_STATE_FILE)
+                    )
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        for _ in range(len(models)):
+            m = models.pop()
+            if not is_model(m):
+                continue
+            path = Path(input_dir) / TRAINABLE_STATE_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing: {input_dir} is not a checkpoint of this script")
+            result = accelerator.unwrap_model(m).load_state_dict(load_file(str(path)), strict=False)
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"{path} does not fit the model (other adapter or model?): {result.unexpected_keys[:3]}"
+                )
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

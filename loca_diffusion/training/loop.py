@@ -1,13 +1,9 @@
-"""What the task training scripts (``train/text_classification_loca.py``, ``image_classification_loca.py``,
-``causal_lm_loca.py``) share: their adapter / schedule / optimisation / checkpoint arguments, the adapter
-(LoCA, FourierFT, LoRA with ``--match_budget``, or none: the frozen model with its head trained), the
-optimizer with LoCA's alternating schedule, the accelerate training loop with exact resume, evaluation
-helpers, and the PEFT-format output with its model card and ``all_results.json``.
-"""
+"""The accelerate training loop of the ``train/`` scripts, with LoCA's alternating schedule, gradient
+clipping, the lr scheduler, checkpoints and exact resume; and the task scripts' setup around it (accelerator,
+data loaders, adapter, optimizer) and their outputs (PEFT-format adapter, model card, ``all_results.json``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -17,89 +13,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from ..tuners.loca.layer import iter_loca_layers
 from ..tuners.loca.schedule import LoCASchedule
-from .checkpoints import (
-    ADAPTERS,
-    build_adapter_config,
-    count_moved_locations,
-    epoch_batches,
-    location_snapshot,
-    trainable_parameter_count,
-)
+from .args import build_adapter_config, target_list, trainable_parameter_count
+from .cards import write_task_model_card
+from .checkpoints import epoch_batches, register_trainable_checkpoint_hooks, trainable_state
 
 logger = logging.getLogger(__name__)
-
-TASK_ADAPTERS = ADAPTERS + ("none",)
-TRAINABLE_STATE_FILE = "trainable_state.safetensors"
-
-
-# ----------------------------------------------------------------------------------------------------
-# arguments
-
-
-def add_adapter_arguments(parser: argparse.ArgumentParser, target_modules: str, n_frequency: int = 1000) -> None:
-    """``--adapter`` and its options, LoCA's schedule (paper Sec. 4.4 and the Table 5 variants) included."""
-    g = parser.add_argument_group("adapter")
-    g.add_argument(
-        "--adapter", choices=TASK_ADAPTERS, default="loca", help="none: frozen model, only the head trains."
-    )
-    g.add_argument("--target_modules", default=target_modules, help="Comma-separated linear-layer name suffixes.")
-    g.add_argument("--n_frequency", type=int, default=n_frequency, help="LoCA / FourierFT coefficients per layer.")
-    g.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
-    g.add_argument("--location_lr", type=float, default=1e-4)
-    g.add_argument("--coefficient_steps", type=int, default=10, help="B_a")
-    g.add_argument("--location_steps", type=int, default=20, help="B_l")
-    g.add_argument("--location_training_steps", type=int, default=None, help="T_s (default: 10%% of the steps)")
-    g.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central")
-    g.add_argument(
-        "--schedule_variant",
-        choices=["alternating", "fixed", "alternate_throughout", "joint"],
-        default="alternating",
-        help="alternating (paper), fixed (V1), alternate_throughout (V2), joint (V3).",
-    )
-    g.add_argument("--random_loc_seed", type=int, default=777)
-    g.add_argument("--fourierft_scaling", type=float, default=64.0)
-    g.add_argument("--lora_rank", type=int, default=8)
-    g.add_argument("--lora_alpha", type=float, default=None)
-    g.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's trainable-parameter count.")
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, project: str, **defaults) -> None:
-    """Optimisation, checkpoint and logging options (``defaults`` overrides any of their defaults)."""
-    g = parser.add_argument_group("training")
-    g.add_argument("--output_dir", default=project)
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--per_device_train_batch_size", type=int, default=16)
-    g.add_argument("--per_device_eval_batch_size", type=int, default=32)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--num_train_epochs", type=int, default=3)
-    g.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
-    g.add_argument("--learning_rate", type=float, default=5e-3, help="Adapter coefficients (and the head).")
-    g.add_argument(
-        "--head_learning_rate", type=float, default=None, help="The trained head (default: --learning_rate)."
-    )
-    g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--lr_scheduler_type", default="linear")
-    g.add_argument("--num_warmup_steps", type=int, default=0)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    g.add_argument("--checkpointing_steps", type=int, default=None, help="Save the training state every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
-    g.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest".')
-    g.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all or "none".')
-    g.add_argument("--logging_dir", default="logs")
-    g.add_argument("--logging_steps", type=int, default=10)
-    g.add_argument("--project_name", default=project, help="Tracker project name.")
-    parser.set_defaults(**defaults)
-
-
-def target_list(spec: str) -> list[str]:
-    return [t.strip() for t in spec.split(",") if t.strip()]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -218,50 +143,6 @@ def build_optimizer(args, model: nn.Module, total_steps: int):
 # ----------------------------------------------------------------------------------------------------
 # checkpoints
 
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Everything a resume needs from the model: trainable parameters and LoCA's live buffers (continuous
-    locations, frozen flags). The frozen base is not saved."""
-    params = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {
-        k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items() if k in params or ".loca_" in k
-    }
-
-
-def register_trainable_checkpoint_hooks(accelerator, model: nn.Module) -> None:
-    """``accelerator.save_state`` / ``load_state`` write and read :func:`trainable_state` (adapter and head)
-    instead of the full model."""
-    from safetensors.torch import load_file, save_file
-
-    def is_model(m) -> bool:
-        return accelerator.unwrap_model(m) is accelerator.unwrap_model(model)
-
-    def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for m in models:
-                if is_model(m):
-                    save_file(
-                        trainable_state(accelerator.unwrap_model(m)), str(Path(output_dir) / TRAINABLE_STATE_FILE)
-                    )
-        while weights:
-            weights.pop()
-
-    def load_hook(models, input_dir):
-        for _ in range(len(models)):
-            m = models.pop()
-            if not is_model(m):
-                continue
-            path = Path(input_dir) / TRAINABLE_STATE_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} missing: {input_dir} is not a checkpoint of this script")
-            result = accelerator.unwrap_model(m).load_state_dict(load_file(str(path)), strict=False)
-            if result.unexpected_keys:
-                raise ValueError(
-                    f"{path} does not fit the model (other adapter or model?): {result.unexpected_keys[:3]}"
-                )
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -403,81 +284,6 @@ def train(
 # evaluation
 
 
-@torch.no_grad()
-def evaluate_classification(accelerator, model: nn.Module, dataloader, num_labels: int) -> dict[str, float]:
-    """Accuracy, macro-F1 and mean cross-entropy over the whole evaluation set (all processes)."""
-    model.eval()
-    predictions, references, losses = [], [], []
-    for batch in dataloader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        loss = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
-        p, r, l_ = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
-        predictions.append(p.cpu())
-        references.append(r.cpu())
-        losses.append(l_.cpu())
-    pred, ref = torch.cat(predictions), torch.cat(references)
-    f1 = []
-    for c in range(num_labels):
-        tp = ((pred == c) & (ref == c)).sum().item()
-        fp = ((pred == c) & (ref != c)).sum().item()
-        fn = ((pred != c) & (ref == c)).sum().item()
-        if tp + fp + fn:
-            f1.append(2 * tp / (2 * tp + fp + fn))
-    return {
-        "eval_accuracy": (pred == ref).float().mean().item(),
-        "eval_macro_f1": sum(f1) / max(len(f1), 1),
-        "eval_loss": torch.cat(losses).mean().item(),
-        "eval_samples": len(ref),
-    }
-
-
-@torch.no_grad()
-def evaluate_loss(accelerator, model: nn.Module, dataloader) -> dict[str, float]:
-    """Token-weighted mean loss of a causal LM over the evaluation set (labels of -100 ignored)."""
-    model.eval()
-    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    for batch in dataloader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        labels = batch["labels"][:, 1:]
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        n = (labels != -100).sum()
-        total += accelerator.reduce(loss.double().reshape(1), "sum").cpu()[0]
-        count += accelerator.reduce(n.double().reshape(1), "sum").cpu()[0]
-    mean = (total / count.clamp(min=1)).item()
-    return {"eval_loss": mean, "eval_perplexity": math.exp(min(mean, 50.0)), "eval_tokens": int(count.item())}
-
-
-@torch.no_grad()
-def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of tokenised prompts, one at a time (no padding side to get wrong), decoded."""
-    model.eval()
-    outputs = []
-    for ids in prompts:
-        input_ids = torch.tensor([ids], device=next(model.parameters()).device)
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        outputs.append(tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True).strip())
-    return outputs
-
-
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (``rouge-score``, with stemming) of ``predictions`` against ``references``."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError as err:
-        raise ImportError("ROUGE-L needs `rouge-score`: pip install rouge-score") from err
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return float(sum(scores) / max(len(scores), 1))
-
 
 # ----------------------------------------------------------------------------------------------------
 # saving
@@ -537,70 +343,6 @@ def save_outputs(
         torch.distributed.destroy_process_group()
 
 
-def usage_snippet(auto_class: str, base_model: str, **kwargs) -> str:
-    """How to load the saved adapter onto its base model, for the model card."""
-    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    return (
-        f"from peft import PeftModel\nfrom transformers import {auto_class}\n\n"
-        f'base = {auto_class}.from_pretrained("{base_model}"{extra})\n'
-        'model = PeftModel.from_pretrained(base, "path/to/this/directory")'
-    )
-
-
-def write_task_model_card(
-    output_dir: Path,
-    args,
-    task: str,
-    base_model: str,
-    dataset: str,
-    n_trainable: int,
-    results: dict,
-    usage: str,
-    extra_sections: Optional[dict[str, str]] = None,
-) -> Path:
-    """``README.md`` of a trained adapter: base model, task, data, evaluation, how to load, hyperparameters."""
-    adapter = "frozen model, head only" if args.adapter == "none" else args.adapter.upper()
-    lines = [
-        "---",
-        f"base_model: {base_model}",
-        "library_name: peft",
-        f"tags: [loca, peft, {task}]",
-        "---",
-        "",
-        f"# {adapter} adapter: {task}",
-        "",
-        f"- Base model: `{base_model}`",
-        f"- Data: `{dataset}`",
-        f"- Adapter: `{args.adapter}` on `{args.target_modules}`",
-        f"- Trainable parameters (LoCA: coefficients only; head included): {n_trainable:,}",
-        f"- Steps: {results['train_steps']}, wall time {results['train_seconds']:.1f} s",
-        "",
-        "## Evaluation",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(
-            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in results.items()
-            if k.startswith("eval_")
-        ),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import loca_diffusion  # registers LoCA with peft",
-        usage.strip(),
-        "```",
-        "",
-    ]
-    for title, body in (extra_sections or {}).items():
-        lines += [f"## {title}", "", body.strip(), ""]
-    hyper = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    lines += ["## Hyperparameters", "", "```json", json.dumps(hyper, indent=2, sort_keys=True), "```", ""]
-    path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path
-
 
 def exit_on_data_error(function: Callable, *args, **kwargs):
     """Run a data loader; bad input (missing file/column, unknown label, empty file, Hub unreachable) ends the
@@ -611,3 +353,33 @@ def exit_on_data_error(function: Callable, *args, **kwargs):
         return function(*args, **kwargs)
     except (HubUnavailableError, FileNotFoundError, ValueError, KeyError, ImportError, PermissionError) as error:
         sys.exit(f"error: {error}")
+
+
+def location_snapshot(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """Each LoCA layer's integer locations now (CPU copies), by layer name."""
+    return {
+        name: layer.get_locations(adapter_name).detach().cpu().clone()
+        for name, layer in iter_loca_layers(model)
+        if adapter_name in layer.loca_coefficients
+    }
+
+
+def count_moved_locations(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> int:
+    """How many coefficients sit at another (row, col) than in ``before``."""
+    return int(sum((before[k] != after[k]).any(dim=0).sum() for k in before if k in after))
+
+
+def check_replicas_in_sync(accelerator, model: nn.Module) -> int:
+    """Raise if the adapter differs between processes (DDP and the schedule must keep the replicas
+    equal); returns how many processes were compared."""
+    values = [v.detach().double().flatten() for k, v in sorted(model.state_dict().items()) if _is_adapter_key(k)]
+    flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
+    local = torch.stack([flat.sum(), flat.abs().sum(), flat.square().sum()])
+    gathered = accelerator.gather(local.to(accelerator.device)[None]).cpu()
+    if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+        raise RuntimeError(f"Adapter replicas differ between processes: {gathered.tolist()}")
+    return gathered.shape[0]
+
+
+def _is_adapter_key(key: str) -> bool:
+    return any(tag in key for tag in (".loca_", ".lora_", ".fourierft_"))

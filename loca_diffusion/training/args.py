@@ -1,0 +1,141 @@
+"""The one set of adapter flags of the ``train/`` scripts (LoCA's defaults come from :class:`LoCAConfig`, so
+the library and the scripts cannot drift apart), the optimisation flags of the task scripts, and the peft
+config that the flags describe (LoCA, or the FourierFT / LoRA baselines with a matched budget)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch.nn as nn
+
+from ..tuners.loca.config import LoCAConfig
+
+ADAPTERS = ("loca", "fourierft", "lora")
+
+
+UNET_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _targeted_linears(model: nn.Module, target_modules: list[str]) -> list[nn.Linear]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules):
+            found.append(module)
+    if not found:
+        raise ValueError(f"No nn.Linear module of the model matches target_modules={target_modules}")
+    return found
+
+
+def build_adapter_config(
+    adapter: str,
+    model: nn.Module,
+    target_modules: list[str],
+    n_frequency: int = 1000,
+    scaling: float = 1.0,
+    lora_rank: Optional[int] = None,
+    lora_alpha: Optional[float] = None,
+    fourierft_scaling: float = 64.0,
+    match_budget: bool = False,
+    **loca_kwargs,
+):
+    """The peft config of ``adapter`` (``loca``, ``fourierft`` or ``lora``) on ``target_modules``.
+
+    ``match_budget=True`` gives the baselines LoCA's trainable-parameter count (``n_frequency`` per
+    layer; locations are not counted once frozen, as in the paper): FourierFT gets the same
+    ``n_frequency``; LoRA the rank whose ``r * (d_in + d_out)`` summed over the layers is closest.
+    """
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+    from peft import FourierFTConfig, LoraConfig
+
+    if adapter == "loca":
+        return LoCAConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=scaling, **loca_kwargs)
+    if adapter == "fourierft":
+        return FourierFTConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=fourierft_scaling)
+    if match_budget:
+        layers = _targeted_linears(model, target_modules)
+        budget = n_frequency * len(layers)
+        per_rank = sum(layer.in_features + layer.out_features for layer in layers)
+        lora_rank = max(1, round(budget / per_rank))
+    rank = 4 if lora_rank is None else int(lora_rank)
+    if rank < 1:
+        raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=lora_alpha if lora_alpha is not None else rank,
+        target_modules=target_modules,
+        init_lora_weights="gaussian",
+    )
+
+
+def trainable_parameter_count(model: nn.Module, count_loca_locations: bool = False) -> int:
+    """Trainable parameters; LoCA locations are left out (they are frozen integers after T_s)."""
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and (count_loca_locations or "loca_locations" not in name)
+    )
+
+
+TASK_ADAPTERS = ADAPTERS + ("none",)
+
+
+def add_adapter_arguments(parser: argparse.ArgumentParser, target_modules: str, n_frequency: int = 1000) -> None:
+    """``--adapter`` and its options, LoCA's schedule (paper Sec. 4.4 and the Table 5 variants) included."""
+    g = parser.add_argument_group("adapter")
+    g.add_argument(
+        "--adapter", choices=TASK_ADAPTERS, default="loca", help="none: frozen model, only the head trains."
+    )
+    g.add_argument("--target_modules", default=target_modules, help="Comma-separated linear-layer name suffixes.")
+    g.add_argument("--n_frequency", type=int, default=n_frequency, help="LoCA / FourierFT coefficients per layer.")
+    g.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
+    g.add_argument("--location_lr", type=float, default=1e-4)
+    g.add_argument("--coefficient_steps", type=int, default=10, help="B_a")
+    g.add_argument("--location_steps", type=int, default=20, help="B_l")
+    g.add_argument("--location_training_steps", type=int, default=None, help="T_s (default: 10%% of the steps)")
+    g.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central")
+    g.add_argument(
+        "--schedule_variant",
+        choices=["alternating", "fixed", "alternate_throughout", "joint"],
+        default="alternating",
+        help="alternating (paper), fixed (V1), alternate_throughout (V2), joint (V3).",
+    )
+    g.add_argument("--random_loc_seed", type=int, default=777)
+    g.add_argument("--fourierft_scaling", type=float, default=64.0)
+    g.add_argument("--lora_rank", type=int, default=8)
+    g.add_argument("--lora_alpha", type=float, default=None)
+    g.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's trainable-parameter count.")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, project: str, **defaults) -> None:
+    """Optimisation, checkpoint and logging options (``defaults`` overrides any of their defaults)."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", default=project)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--per_device_train_batch_size", type=int, default=16)
+    g.add_argument("--per_device_eval_batch_size", type=int, default=32)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--num_train_epochs", type=int, default=3)
+    g.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    g.add_argument("--learning_rate", type=float, default=5e-3, help="Adapter coefficients (and the head).")
+    g.add_argument(
+        "--head_learning_rate", type=float, default=None, help="The trained head (default: --learning_rate)."
+    )
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--lr_scheduler_type", default="linear")
+    g.add_argument("--num_warmup_steps", type=int, default=0)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    g.add_argument("--checkpointing_steps", type=int, default=None, help="Save the training state every N steps.")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help='A checkpoint directory or "latest".')
+    g.add_argument("--report_to", default="tensorboard", help='tensorboard, wandb, all or "none".')
+    g.add_argument("--logging_dir", default="logs")
+    g.add_argument("--logging_steps", type=int, default=10)
+    g.add_argument("--project_name", default=project, help="Tracker project name.")
+    parser.set_defaults(**defaults)
+
+
+def target_list(spec: str) -> list[str]:
+    return [t.strip() for t in spec.split(",") if t.strip()]

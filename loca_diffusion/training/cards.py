@@ -1,0 +1,158 @@
+"""The model card (``README.md``) written next to a trained adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .args import ADAPTERS
+
+_CARD_USAGE = {
+    "loca": (
+        "import loca_diffusion",
+        "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
+        "",
+        'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base}")',
+        'pipe.load_loca("path/to/this/directory")',
+    ),
+    "lora": (
+        "from diffusers import StableDiffusionInstructPix2PixPipeline",
+        "",
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe.load_lora_weights("path/to/this/directory")',
+    ),
+    "fourierft": (
+        "from diffusers import StableDiffusionInstructPix2PixPipeline",
+        "from peft import PeftModel",
+        "",
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe.unet = PeftModel.from_pretrained(pipe.unet, "path/to/this/directory")',
+    ),
+}
+
+
+ADAPTER_TITLES = {"loca": "LoCA", "lora": "LoRA", "fourierft": "FourierFT"}
+
+
+def write_model_card(
+    output_dir: str | Path,
+    base_model: str,
+    adapter: str,
+    hyperparameters: dict,
+    trainable_parameters: int,
+    dataset_name: Optional[str] = None,
+    train_data_dir: Optional[str] = None,
+    sample_grid: Optional[str] = None,
+    heatmap: Optional[str] = None,
+) -> Path:
+    """``README.md`` of a trained ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model, training
+    data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
+    to load it with that adapter's own loader, hyperparameters, parameter count, pictures.
+    ``hyperparameters`` is written as given: leave secrets out."""
+    if adapter not in ADAPTERS:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+    title = ADAPTER_TITLES[adapter]
+    front = ["---", f"base_model: {base_model}", "library_name: peft"]
+    if dataset_name:
+        front.append(f"datasets: [{dataset_name}]")
+    front += [f"tags: [{adapter}, instruct-pix2pix, diffusers, peft, image-to-image]", "---"]
+    if dataset_name:
+        data = f"the Hub dataset `{dataset_name}`"
+    else:
+        data = f"a local pair folder (`{train_data_dir}`)" if train_data_dir else "not recorded"
+    counted = " (coefficients; the frozen integer locations are not counted)" if adapter == "loca" else ""
+    lines = front + [
+        "",
+        f"# {title} adapter for InstructPix2Pix",
+        "",
+        f"- Base model: `{base_model}`",
+        f"- Training data: {data}",
+        f"- Adapter: {title} on the UNet attention projections",
+        f"- Trainable parameters{counted}: {trainable_parameters:,}",
+        "",
+        "## Use",
+        "",
+        "```python",
+        *(line.format(base=base_model) for line in _CARD_USAGE[adapter]),
+        "```",
+        "",
+        "## Hyperparameters",
+        "",
+        "```json",
+        json.dumps(hyperparameters, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    if sample_grid:
+        lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
+    if heatmap:
+        lines += ["## Learned frequency locations", "", f"![locations]({heatmap})", ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def usage_snippet(auto_class: str, base_model: str, **kwargs) -> str:
+    """How to load the saved adapter onto its base model, for the model card."""
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return (
+        f"from peft import PeftModel\nfrom transformers import {auto_class}\n\n"
+        f'base = {auto_class}.from_pretrained("{base_model}"{extra})\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/directory")'
+    )
+
+
+def write_task_model_card(
+    output_dir: Path,
+    args,
+    task: str,
+    base_model: str,
+    dataset: str,
+    n_trainable: int,
+    results: dict,
+    usage: str,
+    extra_sections: Optional[dict[str, str]] = None,
+) -> Path:
+    """``README.md`` of a trained adapter: base model, task, data, evaluation, how to load, hyperparameters."""
+    adapter = "frozen model, head only" if args.adapter == "none" else args.adapter.upper()
+    lines = [
+        "---",
+        f"base_model: {base_model}",
+        "library_name: peft",
+        f"tags: [loca, peft, {task}]",
+        "---",
+        "",
+        f"# {adapter} adapter: {task}",
+        "",
+        f"- Base model: `{base_model}`",
+        f"- Data: `{dataset}`",
+        f"- Adapter: `{args.adapter}` on `{args.target_modules}`",
+        f"- Trainable parameters (LoCA: coefficients only; head included): {n_trainable:,}",
+        f"- Steps: {results['train_steps']}, wall time {results['train_seconds']:.1f} s",
+        "",
+        "## Evaluation",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(
+            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in results.items()
+            if k.startswith("eval_")
+        ),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import loca_diffusion  # registers LoCA with peft",
+        usage.strip(),
+        "```",
+        "",
+    ]
+    for title, body in (extra_sections or {}).items():
+        lines += [f"## {title}", "", body.strip(), ""]
+    hyper = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    lines += ["## Hyperparameters", "", "```json", json.dumps(hyper, indent=2, sort_keys=True), "```", ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
