@@ -23,12 +23,12 @@ from typing import Optional, Union
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from loca_diffusion.embedded import ASSETS_DIR
 from loca_diffusion.images import load_rgb
 
 logger = logging.getLogger("loca_app")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = REPO_ROOT / "assets"
+ASSETS = ASSETS_DIR
 DEFAULT_BASE_DIR = ASSETS / "tiny-instruct-pix2pix"
 DEFAULT_ADAPTERS_DIR = ASSETS / "adapters"
 SAFE_WEIGHTS_NAME = "adapter_model.safetensors"

@@ -24,27 +24,10 @@ from PIL import Image, ImageDraw
 from .embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION
 from .embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS, run_edit
 from .embedded.photos import centre_square, to_image, to_tensor
+from .embedded.pipeline import load_pipeline
 from .images import load_rgb
 
 __all__ = ["load_pipeline", "edit_image", "edit_grid", "main"]
-
-
-def load_pipeline(model: str | Path = BASE_DIR, adapter: str | Path | None = None):
-    """The pipeline in float32 on CPU (the fp16 files are for size), with ``adapter`` loaded if given."""
-    from .pipelines import StableDiffusionInstructPix2PixLoCAPipeline
-
-    model = Path(model)
-    if not (model / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"no pipeline at {model} (model_index.json missing); the embedded one is rebuilt with `make assets`"
-        )
-    pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(
-        model, dtype=torch.float32, local_files_only=True
-    )
-    pipe.set_progress_bar_config(disable=True)
-    if adapter is not None:
-        pipe.load_loca(adapter)
-    return pipe
 
 
 def edit_image(
@@ -146,12 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     torch.set_num_threads(1)  # small convolutions: one thread is fastest on shared cores
     if args.grid is not None:
-        print(f"wrote {edit_grid(args.grid, model=args.model)}")
+        try:
+            print(f"wrote {edit_grid(args.grid, model=args.model)}")
+        except FileNotFoundError as error:
+            raise SystemExit(f"error: {error}") from None
         return 0
     image_path = Path(args.image)
     if not image_path.is_file():
         raise SystemExit(f"--image {image_path}: no such file")
-    pipe = load_pipeline(args.model, args.adapter)
+    try:
+        pipe = load_pipeline(args.model, args.adapter)
+    except FileNotFoundError as error:  # no model (an installed package without the assets): one line, no traceback
+        raise SystemExit(f"error: {error}") from None
     edited = edit_image(
         pipe,
         load_rgb(image_path),

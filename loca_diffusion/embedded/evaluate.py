@@ -91,7 +91,7 @@ def merged_adapter_pipeline(base_dir, adapter_dir):
 
     import loca_diffusion  # noqa: F401  (registers LoCA with peft)
 
-    from ..edit import load_pipeline
+    from .pipeline import load_pipeline
 
     pipe = load_pipeline(base_dir)
     model = get_peft_model(pipe.unet, PeftConfig.from_pretrained(str(adapter_dir)))
