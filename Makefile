@@ -57,13 +57,13 @@ quickstart: $(STAMP)
 
 # the web app on the embedded default model and adapters, at http://127.0.0.1:7860 (options: ARGS="--port 8080 ...")
 demo: $(STAMP)
-	cd $(CURDIR) && $(BIN)/python app/app.py $(ARGS)
+	cd $(CURDIR) && $(BIN)/python -m app $(ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/theory.py
-	$(BIN)/python bench/toy_convergence.py
-	$(BIN)/python bench/layer_speed.py
-	$(BIN)/python bench/unet_step.py
+	$(BIN)/python -m bench.theory
+	$(BIN)/python -m bench.toy_convergence
+	$(BIN)/python -m bench.layer_speed
+	$(BIN)/python -m bench.unet_step
 
 edit: $(STAMP)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m loca_diffusion.edit --grid edit-grid.png
@@ -81,19 +81,19 @@ assets: $(STAMP)
 	$(PRETRAIN) --stage export
 	# sampling guidance chosen on training photos; if it differs from loca_diffusion/embedded/evaluate.py's
 	# DEFAULT_GUIDANCE / DEFAULT_IMAGE_GUIDANCE, update those (tests/test_embedded.py checks they agree)
-	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --sweep_guidance
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.embedded_quality --sweep_guidance
 	$(BIN)/python -m loca_diffusion.embedded.photos --crops_dir $(EMB)/cartoon_photos
 	$(BIN)/python -m loca_diffusion.data.cartoonize --input_dir $(EMB)/cartoon_photos --output_dir $(EMB)/cartoon_pairs \
 	  --resolution 64 --num_colors 6 --bilateral_passes 1 --edge_c 8 --overwrite
 	# LoCA vs FourierFT vs LoRA (lr sweep, 3 seeds; `accelerate launch train/instruct_pix2pix_loca.py` runs) and V1;
 	# the shipped cartoonizer is the LoCA run at the chosen lr with seed 1
-	OMP_NUM_THREADS=1 $(BIN)/python bench/task_comparison.py cartoonizer --jobs 2 --ship assets/adapters/cartoonizer
-	OMP_NUM_THREADS=1 $(BIN)/python bench/task_comparison.py cartoonizer-ablation --jobs 2
-	OMP_NUM_THREADS=1 $(BIN)/python bench/embedded_quality.py --write_examples
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.task_comparison cartoonizer --jobs 2 --ship assets/adapters/cartoonizer
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.task_comparison cartoonizer-ablation --jobs 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.embedded_quality --write_examples
 
 # the task comparisons on real offline models (hours on 2 CPU cores; one torch thread per run)
 bench-tasks: $(STAMP)
-	for t in minilm minilm-ablation vit smollm2; do nice -n 19 $(BIN)/python bench/task_comparison.py $$t || exit 1; done
+	for t in minilm minilm-ablation vit smollm2; do nice -n 19 $(BIN)/python -m bench.task_comparison $$t || exit 1; done
 
 clean:
 	rm -rf $(VENV) loca-quickstart .pytest_cache

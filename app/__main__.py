@@ -1,4 +1,4 @@
-"""``python -m app``: the same as ``python app/app.py``."""
+"""``python -m app`` (from the repository root): serve the web app (see :mod:`app.app`)."""
 
 from app.app import main
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Serve instruction-based image edits from LoCA adapters in a browser.
 
-    python app/app.py                                   # the embedded tiny model, on this machine only
-    python app/app.py --base timbrooks/instruct-pix2pix --adapters_dir my_adapters --device cuda
+    python -m app                                       # the embedded tiny model, on this machine only
+    python -m app --base timbrooks/instruct-pix2pix --adapters_dir my_adapters --device cuda
 
 Without ``--base`` the app runs the embedded tiny InstructPix2Pix in ``assets/`` (or, before it is
 built, a tiny pipeline with random weights built in code) on whatever adapters ``assets/adapters``
@@ -16,12 +16,10 @@ import ipaddress
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):  # `python app/app.py`: import the `app` package, not this file
-    _root = str(Path(__file__).resolve().parents[1])
-    sys.path[:] = [_root] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if __package__ in (None, ""):  # run as a file, this folder would shadow the `app` package it imports
+    sys.exit("run the app as `python -m app` from the repository root (`make demo` does)")
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline server
 

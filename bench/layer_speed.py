@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
 
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)

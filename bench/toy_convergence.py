@@ -50,13 +50,10 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+import peft  # noqa: E402
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import peft  # noqa: E402
 
 from bench.machine import machine_info  # noqa: E402
 from loca_diffusion import LoCAConfig, LoCALayer, LoCASchedule  # noqa: E402

@@ -26,9 +26,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 
 import loca_diffusion  # noqa: E402,F401  (registers LoCA with peft)

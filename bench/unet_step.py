@@ -47,9 +47,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from diffusers import UNet2DConditionModel  # noqa: E402
 from peft import FourierFTConfig, LoraConfig, get_peft_model  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402

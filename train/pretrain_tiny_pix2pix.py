@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS  # noqa: E402
