@@ -16,7 +16,6 @@ like diffusers' train_instruct_pix2pix.py; data, adapter, checkpoint and picture
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
@@ -29,10 +28,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
-from loca_diffusion import LoCAConfig, LoCASchedule
+from loca_diffusion import LoCASchedule
 from loca_diffusion.data import (
     DEFAULT_DATASET_NAME,
     DEFAULT_EDIT_PROMPT_COLUMN,
@@ -49,28 +47,23 @@ from loca_diffusion.training import (
     ADAPTERS,
     CHECKPOINT_INFO_FILE,
     UNET_ATTENTION_TARGETS,
-    build_adapter_config,
     check_replicas_in_sync,
     checkpoint_info,
     complete_checkpoints,
-    count_moved_locations,
-    epoch_batches,
     instruct_pix2pix_loss,
     latest_checkpoint,
-    location_snapshot,
     register_checkpoint_hooks,
     save_adapter,
     save_checkpoint,
     trainable_parameter_count,
     write_model_card,
 )
+from loca_diffusion.training.args import adapter_config_from_args, add_adapter_arguments
+from loca_diffusion.training.loop import training_loop
 from loca_diffusion.training.pix2pix import location_heatmap
-from loca_diffusion.tuners.loca import LOCATION_GRAD_MODES, SCHEDULE_VARIANTS
 
 logger = get_logger(__name__, log_level="INFO")
 
-#: The LoCA flags' defaults are LoCAConfig's field defaults (one source for the library and the script).
-LOCA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoCAConfig) if f.default is not dataclasses.MISSING}
 #: T_s of the paper's Table 11 run (10 000 steps); LoCAConfig's own default (None) means 10% of the run.
 PAPER_LOCATION_TRAINING_STEPS = 1200
 
@@ -179,63 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="xformers attention (default: PyTorch SDPA).",
     )
-    # adapter
-    p.add_argument("--adapter", choices=ADAPTERS, default="loca", help="Adapter to train: LoCA or a baseline.")
-    p.add_argument(
-        "--target_modules",
-        default=",".join(UNET_ATTENTION_TARGETS),
-        help="Comma-separated UNet module names to adapt.",
+    # adapter: the flags every train/ script shares, LoCA's defaults from LoCAConfig
+    add_adapter_arguments(
+        p,
+        target_modules=",".join(UNET_ATTENTION_TARGETS),
+        adapters=ADAPTERS,
+        location_training_steps=PAPER_LOCATION_TRAINING_STEPS,
+        lora_rank=4,
     )
-    p.add_argument(
-        "--n_frequency",
-        type=int,
-        default=LOCA_DEFAULTS["n_frequency"],
-        help="LoCA / FourierFT coefficients per layer.",
-    )
-    p.add_argument("--scaling", type=float, default=LOCA_DEFAULTS["scaling"], help="LoCA alpha.")
-    p.add_argument(
-        "--location_lr", type=float, default=LOCA_DEFAULTS["location_lr"], help="LoCA: learning rate of the locations."
-    )
-    p.add_argument(
-        "--coefficient_steps",
-        type=int,
-        default=LOCA_DEFAULTS["coefficient_steps"],
-        help="LoCA: coefficient steps per alternation (B_a).",
-    )
-    p.add_argument(
-        "--location_steps",
-        type=int,
-        default=LOCA_DEFAULTS["location_steps"],
-        help="LoCA: location steps per alternation (B_l).",
-    )
-    p.add_argument(
-        "--location_training_steps",
-        type=int,
-        default=PAPER_LOCATION_TRAINING_STEPS,
-        help="LoCA: steps after which locations freeze (T_s; the paper's 1200 of 10 000 steps).",
-    )
-    p.add_argument(
-        "--location_grad",
-        choices=LOCATION_GRAD_MODES,
-        default=LOCA_DEFAULTS["location_grad"],
-        help="LoCA: finite-difference location gradient.",
-    )
-    p.add_argument(
-        "--schedule_variant",
-        choices=SCHEDULE_VARIANTS,
-        default=LOCA_DEFAULTS["schedule_variant"],
-        help="LoCA: location schedule (paper ablations).",
-    )
-    p.add_argument(
-        "--random_loc_seed",
-        type=int,
-        default=LOCA_DEFAULTS["random_loc_seed"],
-        help="LoCA: seed of the initial locations.",
-    )
-    p.add_argument("--fourierft_scaling", type=float, default=64.0, help="FourierFT scaling.")
-    p.add_argument("--lora_rank", type=int, default=4, help="LoRA rank (>= 1).")
-    p.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
-    p.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's parameter count.")
     # checkpoints, validation, logging
     p.add_argument(
         "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N optimizer steps."
@@ -506,32 +450,8 @@ def main(argv=None) -> None:
     vae.to(accelerator.device, dtype=weight_dtype)
     text_encoder.to(accelerator.device, dtype=weight_dtype)
     unet.to(accelerator.device, dtype=weight_dtype)
-    target_modules = [t.strip() for t in args.target_modules.split(",") if t.strip()]
     try:  # a wrong --target_modules / --n_frequency is the user's: one line, no traceback
-        adapter_config = build_adapter_config(
-            args.adapter,
-            unet,
-            target_modules,
-            n_frequency=args.n_frequency,
-            scaling=args.scaling,
-            lora_rank=args.lora_rank,
-            lora_alpha=args.lora_alpha,
-            fourierft_scaling=args.fourierft_scaling,
-            match_budget=args.match_budget,
-            **(
-                dict(
-                    location_grad=args.location_grad,
-                    random_loc_seed=args.random_loc_seed,
-                    location_lr=args.location_lr,
-                    coefficient_steps=args.coefficient_steps,
-                    location_steps=args.location_steps,
-                    location_training_steps=args.location_training_steps,
-                    schedule_variant=args.schedule_variant,
-                )
-                if args.adapter == "loca"
-                else {}
-            ),
-        )
+        adapter_config = adapter_config_from_args(args, unet)
         unet.add_adapter(adapter_config)
     except ValueError as error:
         fail(f"--adapter {args.adapter}: {error}")
@@ -573,7 +493,6 @@ def main(argv=None) -> None:
     optimizer = optimizer_cls(
         groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
     )
-    trainable = [p for group in groups for p in group["params"]]  # a list, not a one-shot iterator
 
     # 4. Data: both images get the same crop and flip; prompts are tokenised up front.
     train_dataset = make_train_dataset(
@@ -643,12 +562,11 @@ def main(argv=None) -> None:
         )
 
     # 6. Resume.
-    global_step, first_epoch = 0, 0
+    global_step = 0
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
         accelerator.load_state(str(resume_path))
         global_step = checkpoint_info(resume_path)["global_step"]
-        first_epoch = global_step // updates_per_epoch
     if schedule is not None and schedule.step_count != global_step:
         raise RuntimeError(f"LoCA schedule at step {schedule.step_count}, training at {global_step}")
 
@@ -658,89 +576,42 @@ def main(argv=None) -> None:
             accelerator.device
         )
     )[0]
-    progress = tqdm(
-        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
-    )
     unwrapped = accelerator.unwrap_model(unet)
-    locations_before_phase = location_snapshot(unwrapped) if schedule is not None else None
-    finished = global_step >= max_train_steps
-    for epoch in range(first_epoch, num_epochs):
-        if finished:
-            break
-        unet.train()
-        loader = epoch_batches(
-            accelerator, train_dataloader, epoch, first_epoch, global_step, updates_per_epoch,
-            args.gradient_accumulation_steps,
+
+    def compute_loss(unet, batch):
+        return instruct_pix2pix_loss(
+            unet, vae, text_encoder, noise_scheduler, batch, null_conditioning,
+            args.conditioning_dropout_prob, weight_dtype,
         )  # fmt: skip
-        for batch in loader:
-            with accelerator.accumulate(unet):
-                # the global RNG (noise, timesteps, dropout): accelerate saves and restores it with the checkpoints
-                loss = instruct_pix2pix_loss(
-                    unet, vae, text_encoder, noise_scheduler, batch, null_conditioning,
-                    args.conditioning_dropout_prob, weight_dtype,
-                )  # fmt: skip
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if schedule is not None:
-                        schedule.mask_gradients()
-                    if args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([p for p in trainable if p.grad is not None], args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
 
-            if not accelerator.sync_gradients:
-                continue
-            phase = schedule.phase() if schedule is not None else "coefficients"
-            if schedule is not None:
-                schedule.step()
-            global_step += 1
-            progress.update(1)
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
-            if schedule is not None and schedule.phase() != phase and phase == "locations":
-                now = location_snapshot(unwrapped)
-                logs["locations_moved"] = count_moved_locations(locations_before_phase, now)
-                locations_before_phase = now
-                if accelerator.is_main_process:
-                    for tracker in accelerator.trackers:
-                        if tracker.name == "tensorboard":
-                            tracker.writer.add_image(
-                                "locations", np.asarray(location_heatmap(unwrapped)), global_step, dataformats="HWC"
-                            )
-            progress.set_postfix(**{k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()})
-            accelerator.log(logs, step=global_step)
+    def validate(step):
+        run_validation(
+            args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, step, weight_dtype
+        )
 
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.adapter, args.checkpoints_total_limit)
-            if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                run_validation(
-                    args,
-                    accelerator,
-                    unet,
-                    vae,
-                    text_encoder,
-                    tokenizer,
-                    root,
-                    validation_image,
-                    global_step,
-                    weight_dtype,
-                )
-            if global_step >= max_train_steps:
-                finished = True
-                break
+    def on_step(step, logs):
+        if "locations_moved" in logs and accelerator.is_main_process:
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image(
+                        "locations", np.asarray(location_heatmap(unwrapped)), step, dataformats="HWC"
+                    )
+        accelerator.log(logs, step=step)
+        if step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, step, args.adapter, args.checkpoints_total_limit)
+        if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
+            validate(step)
+
+    def on_epoch_end(epoch, step):
         if args.validation_epochs and (epoch + 1) % args.validation_epochs == 0 and accelerator.is_main_process:
-            run_validation(
-                args,
-                accelerator,
-                unet,
-                vae,
-                text_encoder,
-                tokenizer,
-                root,
-                validation_image,
-                global_step,
-                weight_dtype,
-            )
+            validate(step)
+
+    global_step, _ = training_loop(
+        accelerator, unet, optimizer, lr_scheduler, train_dataloader, compute_loss,
+        schedule=schedule, max_train_steps=max_train_steps, updates_per_epoch=updates_per_epoch,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_grad_norm=args.max_grad_norm,
+        global_step=global_step, loss_name="loss", on_step=on_step, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
 
     # 8. Save the adapter (PEFT layout, loadable by pipe.load_loca / PeftModel.from_pretrained) and its card.
     accelerator.wait_for_everyone()

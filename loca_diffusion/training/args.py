@@ -5,11 +5,13 @@ config that the flags describe (LoCA, or the FourierFT / LoRA baselines with a m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Optional
 
 import torch.nn as nn
 
-from ..tuners.loca.config import LoCAConfig
+from ..tuners.loca.config import SCHEDULE_VARIANTS, LoCAConfig
+from ..tuners.loca.ops import LOCATION_GRAD_MODES
 
 ADAPTERS = ("loca", "fourierft", "lora")
 
@@ -81,31 +83,110 @@ def trainable_parameter_count(model: nn.Module, count_loca_locations: bool = Fal
 TASK_ADAPTERS = ADAPTERS + ("none",)
 
 
-def add_adapter_arguments(parser: argparse.ArgumentParser, target_modules: str, n_frequency: int = 1000) -> None:
-    """``--adapter`` and its options, LoCA's schedule (paper Sec. 4.4 and the Table 5 variants) included."""
+#: LoCA flags' defaults: LoCAConfig's field defaults (one source for the library and every script).
+LOCA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoCAConfig) if f.default is not dataclasses.MISSING}
+
+
+def add_adapter_arguments(
+    parser: argparse.ArgumentParser,
+    target_modules: str,
+    *,
+    adapters: tuple[str, ...] = TASK_ADAPTERS,
+    n_frequency: int = LOCA_DEFAULTS["n_frequency"],
+    location_training_steps: Optional[int] = LOCA_DEFAULTS["location_training_steps"],
+    lora_rank: int = 8,
+) -> None:
+    """Add the one set of adapter flags: ``--adapter`` and its options, LoCA's schedule (paper Sec. 4.4 and the
+    Table 5 variants) included. LoCA's defaults are :class:`LoCAConfig`'s.
+
+    Args:
+        parser: The script's parser (the flags go into an ``adapter`` group).
+        target_modules: Default of ``--target_modules`` (comma-separated module-name suffixes).
+        adapters: The ``--adapter`` choices (``none``, the frozen model with its head trained, only where a
+            script has a head).
+        n_frequency: Default of ``--n_frequency`` where a script's model wants another than LoCAConfig's.
+        location_training_steps: Default T_s (None: 10% of the run, as LoCAConfig).
+        lora_rank: Default LoRA rank of the baseline.
+    """
     g = parser.add_argument_group("adapter")
     g.add_argument(
-        "--adapter", choices=TASK_ADAPTERS, default="loca", help="none: frozen model, only the head trains."
+        "--adapter",
+        choices=adapters,
+        default="loca",
+        help="Adapter to train: LoCA or a baseline"
+        + ("; none: frozen model, only the head trains." if "none" in adapters else "."),
     )
-    g.add_argument("--target_modules", default=target_modules, help="Comma-separated linear-layer name suffixes.")
+    g.add_argument("--target_modules", default=target_modules, help="Comma-separated module names to adapt.")
     g.add_argument("--n_frequency", type=int, default=n_frequency, help="LoCA / FourierFT coefficients per layer.")
-    g.add_argument("--scaling", type=float, default=1.0, help="LoCA alpha.")
-    g.add_argument("--location_lr", type=float, default=1e-4)
-    g.add_argument("--coefficient_steps", type=int, default=10, help="B_a")
-    g.add_argument("--location_steps", type=int, default=20, help="B_l")
-    g.add_argument("--location_training_steps", type=int, default=None, help="T_s (default: 10%% of the steps)")
-    g.add_argument("--location_grad", choices=["central", "forward", "backward"], default="central")
+    g.add_argument("--scaling", type=float, default=LOCA_DEFAULTS["scaling"], help="LoCA alpha.")
+    g.add_argument(
+        "--location_lr", type=float, default=LOCA_DEFAULTS["location_lr"], help="LoCA: learning rate of the locations."
+    )
+    g.add_argument(
+        "--coefficient_steps",
+        type=int,
+        default=LOCA_DEFAULTS["coefficient_steps"],
+        help="LoCA: coefficient steps per alternation (B_a).",
+    )
+    g.add_argument(
+        "--location_steps",
+        type=int,
+        default=LOCA_DEFAULTS["location_steps"],
+        help="LoCA: location steps per alternation (B_l).",
+    )
+    g.add_argument(
+        "--location_training_steps",
+        type=int,
+        default=location_training_steps,
+        help="LoCA: steps after which locations freeze (T_s; none given: 10%% of the steps).",
+    )
+    g.add_argument(
+        "--location_grad",
+        choices=LOCATION_GRAD_MODES,
+        default=LOCA_DEFAULTS["location_grad"],
+        help="LoCA: finite-difference location gradient.",
+    )
     g.add_argument(
         "--schedule_variant",
-        choices=["alternating", "fixed", "alternate_throughout", "joint"],
-        default="alternating",
-        help="alternating (paper), fixed (V1), alternate_throughout (V2), joint (V3).",
+        choices=SCHEDULE_VARIANTS,
+        default=LOCA_DEFAULTS["schedule_variant"],
+        help="LoCA: alternating (paper), fixed (V1), alternate_throughout (V2), joint (V3).",
     )
-    g.add_argument("--random_loc_seed", type=int, default=777)
-    g.add_argument("--fourierft_scaling", type=float, default=64.0)
-    g.add_argument("--lora_rank", type=int, default=8)
-    g.add_argument("--lora_alpha", type=float, default=None)
+    g.add_argument(
+        "--random_loc_seed",
+        type=int,
+        default=LOCA_DEFAULTS["random_loc_seed"],
+        help="LoCA: seed of the initial locations.",
+    )
+    g.add_argument("--fourierft_scaling", type=float, default=64.0, help="FourierFT scaling.")
+    g.add_argument("--lora_rank", type=int, default=lora_rank, help="LoRA rank (>= 1).")
+    g.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
     g.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's trainable-parameter count.")
+
+
+def adapter_config_from_args(args, model: nn.Module):
+    """The peft config that :func:`add_adapter_arguments`' flags describe (:func:`build_adapter_config`)."""
+    loca_options = dict(
+        location_grad=args.location_grad,
+        random_loc_seed=args.random_loc_seed,
+        location_lr=args.location_lr,
+        coefficient_steps=args.coefficient_steps,
+        location_steps=args.location_steps,
+        location_training_steps=args.location_training_steps,
+        schedule_variant=args.schedule_variant,
+    )
+    return build_adapter_config(
+        args.adapter,
+        model,
+        target_list(args.target_modules),
+        n_frequency=args.n_frequency,
+        scaling=args.scaling,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        fourierft_scaling=args.fourierft_scaling,
+        match_budget=args.match_budget,
+        **(loca_options if args.adapter == "loca" else {}),
+    )
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, project: str, **defaults) -> None:

@@ -135,6 +135,13 @@ def checkpoint_info(path: str | Path) -> Optional[dict]:
         return None
 
 
+def checkpoint_global_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint was saved at: what :func:`save_checkpoint` recorded, else the
+    folder's ``checkpoint-<step>`` name."""
+    info = checkpoint_info(path)
+    return int(info["global_step"]) if info is not None else checkpoint_step(path)
+
+
 def complete_checkpoints(output_dir: str | Path, warn: bool = False) -> list[Path]:
     """The checkpoints of ``output_dir`` that were written to the end, by step; ``warn`` logs a warning
     for each incomplete one (a save that was interrupted), which is skipped."""

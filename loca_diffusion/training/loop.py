@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -20,9 +19,16 @@ import torch.nn as nn
 
 from ..tuners.loca.layer import iter_loca_layers
 from ..tuners.loca.schedule import LoCASchedule
-from .args import build_adapter_config, target_list, trainable_parameter_count
+from .args import adapter_config_from_args, trainable_parameter_count
 from .cards import write_task_model_card
-from .checkpoints import epoch_batches, register_trainable_checkpoint_hooks, trainable_state
+from .checkpoints import (
+    checkpoint_global_step,
+    epoch_batches,
+    latest_checkpoint,
+    register_trainable_checkpoint_hooks,
+    save_checkpoint,
+    trainable_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,27 +100,7 @@ def apply_adapter(args, model: nn.Module, modules_to_save: Optional[list[str]] =
         return model, trainable_parameter_count(model)
     from peft import get_peft_model
 
-    loca_options = dict(
-        location_grad=args.location_grad,
-        random_loc_seed=args.random_loc_seed,
-        location_lr=args.location_lr,
-        coefficient_steps=args.coefficient_steps,
-        location_steps=args.location_steps,
-        location_training_steps=args.location_training_steps,
-        schedule_variant=args.schedule_variant,
-    )
-    config = build_adapter_config(
-        args.adapter,
-        model,
-        target_list(args.target_modules),
-        n_frequency=args.n_frequency,
-        scaling=args.scaling,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        fourierft_scaling=args.fourierft_scaling,
-        match_budget=args.match_budget,
-        **(loca_options if args.adapter == "loca" else {}),
-    )
+    config = adapter_config_from_args(args, model)
     config.modules_to_save = list(modules_to_save) if modules_to_save else None
     model = get_peft_model(model, config)
     return model, trainable_parameter_count(model)
@@ -145,15 +131,6 @@ def build_optimizer(args, model: nn.Module, total_steps: int):
 
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    dirs = [d for d in Path(output_dir).glob("checkpoint-*") if d.is_dir() and d.name.split("-")[1].isdigit()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-# ----------------------------------------------------------------------------------------------------
-# the training loop
-
-
 @dataclass
 class TrainOutput:
     model: nn.Module
@@ -164,6 +141,110 @@ class TrainOutput:
     train_cpu_seconds: float = float("nan")
 
 
+def training_loop(
+    accelerator,
+    model: nn.Module,
+    optimizer,
+    lr_scheduler,
+    train_dataloader,
+    compute_loss: Callable[[nn.Module, dict], torch.Tensor],
+    *,
+    schedule: Optional[LoCASchedule],
+    max_train_steps: int,
+    updates_per_epoch: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: Optional[float],
+    global_step: int = 0,
+    loss_name: str = "train_loss",
+    on_step: Optional[Callable[[int, dict], None]] = None,
+    on_epoch_end: Optional[Callable[[int, int], None]] = None,
+) -> tuple[int, float]:
+    """The one accelerate training loop of the ``train/`` scripts (all of them call it).
+
+    Args:
+        accelerator: The ``Accelerator`` that prepared ``model``, ``optimizer``, ``lr_scheduler`` and
+            ``train_dataloader``.
+        compute_loss: ``compute_loss(model, batch)``, the script's loss on one batch.
+        schedule: LoCA's :class:`LoCASchedule` (gradient masking and phase steps), or None for other adapters.
+        max_train_steps: Optimizer steps to reach; ``updates_per_epoch`` of them per epoch of the prepared loader.
+        gradient_accumulation_steps: Batches per optimizer step (exact mid-epoch resume skips that many per step).
+        max_grad_norm: Gradient clipping norm over the trainable parameters (None or 0: no clipping).
+        global_step: The step a resumed run starts from (0 for a new run).
+        loss_name: The key of the loss in the step's logs.
+        on_step: Called after each optimizer step with ``(global_step, logs)``: logs hold the loss, the lr and,
+            at the end of each LoCA location phase, ``locations_moved``. Logging, checkpoints and validation go
+            here.
+        on_epoch_end: Called with ``(epoch, global_step)`` after each epoch trained, the last (partial) one
+            included.
+
+    Returns:
+        ``(global_step, last_loss)``.
+    """
+    from tqdm.auto import tqdm
+
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)  # 0 steps: nothing to train
+    first_epoch = global_step // updates_per_epoch
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    unwrapped = accelerator.unwrap_model(model)
+    before_phase = location_snapshot(unwrapped) if schedule is not None else None
+    progress = tqdm(
+        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    loss_value, finished = float("nan"), global_step >= max_train_steps
+    for epoch in range(first_epoch, num_epochs):
+        if finished:
+            break
+        model.train()
+        loader = epoch_batches(
+            accelerator, train_dataloader, epoch, first_epoch, global_step, updates_per_epoch,
+            gradient_accumulation_steps,
+        )  # fmt: skip
+        for batch in loader:
+            with accelerator.accumulate(model):
+                # the global RNG (noise, timesteps, dropout): accelerate saves and restores it with the checkpoints
+                loss = compute_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if schedule is not None:
+                        schedule.mask_gradients()
+                    if max_grad_norm and max_grad_norm > 0:
+                        accelerator.clip_grad_norm_([p for p in trainable if p.grad is not None], max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            phase = schedule.phase() if schedule is not None else None
+            if schedule is not None:
+                schedule.step()
+            global_step += 1
+            progress.update(1)
+            loss_value = loss.detach().float().item()
+            logs = {loss_name: loss_value, "lr": lr_scheduler.get_last_lr()[0]}
+            if phase == "locations" and schedule.phase() != phase:
+                now = location_snapshot(unwrapped)
+                logs["locations_moved"] = count_moved_locations(before_phase, now)
+                before_phase = now
+            progress.set_postfix(loss=round(loss_value, 5))
+            if on_step is not None:
+                on_step(global_step, logs)
+            if global_step >= max_train_steps:
+                finished = True
+                break
+        if on_epoch_end is not None:  # also after the epoch the run ends in (as diffusers' examples validate)
+            on_epoch_end(epoch, global_step)
+    return global_step, loss_value
+
+
+def resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: Optional[str]) -> Optional[Path]:
+    """The checkpoint that ``--resume_from_checkpoint`` names: ``latest`` is the newest complete one of
+    ``output_dir`` (None if there is none); a path is returned as given (None if it is not a folder)."""
+    if not resume_from_checkpoint:
+        return None
+    path = latest_checkpoint(output_dir) if resume_from_checkpoint == "latest" else Path(resume_from_checkpoint)
+    return path if path is not None and path.is_dir() else None
+
+
 def train(
     args,
     accelerator,
@@ -172,17 +253,16 @@ def train(
     eval_dataloader: Optional[torch.utils.data.DataLoader] = None,
     compute_loss: Callable[[nn.Module, dict], torch.Tensor] = lambda model, batch: model(**batch).loss,
 ) -> TrainOutput:
-    """Train ``model``'s trainable parameters for ``--max_train_steps`` optimizer steps (or the epochs), with
-    LoCA's schedule, gradient clipping, the lr scheduler, checkpoints every ``--checkpointing_steps`` and
-    ``--resume_from_checkpoint`` (mid-epoch resume replays the same batches). Logs the loss (and, for LoCA,
-    how many locations moved in each location phase) to the trackers."""
+    """The task scripts' training: the optimizer and lr scheduler from the flags, accelerate's preparation,
+    ``--resume_from_checkpoint`` (mid-epoch resume replays the same batches), then :func:`training_loop` with
+    the loss logged every ``--logging_steps`` (and, for LoCA, how many locations moved in each location
+    phase) and a checkpoint every ``--checkpointing_steps``."""
     from transformers import get_scheduler
 
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = (
         args.num_train_epochs * updates_per_epoch if args.max_train_steps is None else args.max_train_steps
     )
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)  # 0 steps: evaluate the model as it is
     optimizer, schedule = build_optimizer(args, model, max_train_steps)
     lr_scheduler = get_scheduler(
         args.lr_scheduler_type,
@@ -202,87 +282,33 @@ def train(
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.project_name, config=config)
 
-    global_step, first_epoch = 0, 0
-    if args.resume_from_checkpoint:
-        found = checkpoint_dirs(args.output_dir)
-        path = (
-            (found[-1] if found else None)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if path is None or not path.is_dir():
-            accelerator.print(f"Checkpoint '{args.resume_from_checkpoint}' not found; starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {path}")
-            accelerator.load_state(str(path))
-            global_step = int(path.name.split("-")[1])
-            first_epoch = global_step // updates_per_epoch
+    global_step = 0
+    path = resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and path is None:
+        accelerator.print(f"Checkpoint '{args.resume_from_checkpoint}' not found; starting a new run.")
+    elif path is not None:
+        accelerator.print(f"Resuming from {path}")
+        accelerator.load_state(str(path))
+        global_step = checkpoint_global_step(path)
     if schedule is not None and schedule.step_count != global_step:
         raise RuntimeError(f"LoCA schedule at step {schedule.step_count}, training at {global_step}")
 
-    from tqdm.auto import tqdm
+    def on_step(step: int, logs: dict) -> None:
+        if step % max(1, args.logging_steps) == 0 or "locations_moved" in logs:
+            accelerator.log(logs, step=step)
+        if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, step, args.adapter, args.checkpoints_total_limit)
 
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    unwrapped = accelerator.unwrap_model(model)
-    before_phase = location_snapshot(unwrapped) if schedule is not None else None
-    progress = tqdm(
-        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
-    )
     # CPU time next to wall time: on a shared machine the wall time also counts other people's work
     start, cpu_start = time.perf_counter(), time.process_time()
-    loss_value, finished = float("nan"), global_step >= max_train_steps
-    for epoch in range(first_epoch, num_epochs):
-        if finished:
-            break
-        model.train()
-        loader = epoch_batches(
-            accelerator, train_dataloader, epoch, first_epoch, global_step, updates_per_epoch,
-            args.gradient_accumulation_steps,
-        )  # fmt: skip
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = compute_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if schedule is not None:
-                        schedule.mask_gradients()
-                    if args.max_grad_norm and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([p for p in trainable if p.grad is not None], args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            phase = schedule.phase() if schedule is not None else None
-            if schedule is not None:
-                schedule.step()
-            global_step += 1
-            progress.update(1)
-            loss_value = loss.detach().float().item()
-            logs = {"train_loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}
-            if phase == "locations" and schedule.phase() != phase:
-                now = location_snapshot(unwrapped)
-                logs["locations_moved"] = count_moved_locations(before_phase, now)
-                before_phase = now
-            if global_step % max(1, args.logging_steps) == 0 or "locations_moved" in logs:
-                accelerator.log(logs, step=global_step)
-            progress.set_postfix(loss=round(loss_value, 4))
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                    existing = checkpoint_dirs(args.output_dir)
-                    for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                        shutil.rmtree(old)
-                accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
-            if global_step >= max_train_steps:
-                finished = True
-                break
+    global_step, loss_value = training_loop(
+        accelerator, model, optimizer, lr_scheduler, train_dataloader, compute_loss,
+        schedule=schedule, max_train_steps=max_train_steps, updates_per_epoch=updates_per_epoch,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, max_grad_norm=args.max_grad_norm,
+        global_step=global_step, on_step=on_step,
+    )  # fmt: skip
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return TrainOutput(model, eval_dataloader, global_step, wall, loss_value, cpu)
-
-
-# ----------------------------------------------------------------------------------------------------
-# evaluation
-
 
 
 # ----------------------------------------------------------------------------------------------------
