@@ -11,7 +11,7 @@ Three interchangeable implementations of the same transforms (``method``):
   scipy is optional; without it CPU tensors use ``"fft"``.
 
 ``method=None`` picks ``"scipy"`` for CPU tensors when scipy is importable and ``"fft"`` otherwise; callers with
-a cost model (``ops.choose_transform``) pass it explicitly. All transforms act on the last dimension (``dct2`` /
+a cost model (``strategy.choose_transform``) pass it explicitly. All transforms act on the last dimension (``dct2`` /
 ``idct2`` on the last two) unless told otherwise and run in float32 (float64 stays float64): ``torch.fft``
 lacks half-precision kernels on several builds, and the adapter math is fp32 anyway. Results are returned in
 the working dtype, callers cast back.
