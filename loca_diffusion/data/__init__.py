@@ -1,4 +1,5 @@
-"""Training data: InstructPix2Pix edit pairs (:mod:`.edit_pairs`), the task scripts' datasets
+"""Training data: InstructPix2Pix edit pairs (:mod:`.edit_pairs` loads and checks them, :mod:`.transforms`
+makes batches of them), the task scripts' datasets
 (:mod:`.tasks`), the code-made cartoon pairs (:mod:`.cartoonize`) and instruction paraphrases
 (:mod:`.prompts`).
 
@@ -12,15 +13,12 @@ from .edit_pairs import (
     DEFAULT_EDITED_IMAGE_COLUMN,
     DEFAULT_ORIGINAL_IMAGE_COLUMN,
     CorruptImageError,
-    EditPairTransform,
     HubUnavailableError,
-    ParaphraseSampler,
-    collate_fn,
     load_edit_dataset,
-    make_train_dataset,
     verify_images,
 )
 from .prompts import CARTOONIZATION_PARAPHRASES
+from .transforms import EditPairTransform, ParaphraseSampler, collate_fn, make_train_dataset
 
 __all__ = [
     "DEFAULT_DATASET_NAME",
