@@ -1,4 +1,4 @@
-"""Edit-pair data for InstructPix2Pix training: loading and validation (paired augmentation and batching: :mod:`.transforms`).
+"""Edit-pair data for InstructPix2Pix training: loading and validation (augmentation, batching: :mod:`.transforms`).
 
 Loading (:func:`load_edit_dataset`) takes either a Hub dataset name (default columns are those of
 :data:`DEFAULT_DATASET_NAME`, ``instruction-tuning-sd/cartoonization``) or a local folder in ``imagefolder`` layout::

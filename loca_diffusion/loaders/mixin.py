@@ -164,6 +164,13 @@ class LoCALoaderMixin:
     ) -> None:
         """Merge ``scale * dW`` of the active (or the named) LoCA adapters into the UNet's weights.
 
+        Args:
+            scale: Factor of each adapter's ``dW``.
+            adapter_names: The adapters to fuse (default: the active ones).
+            safe_fusing: Check the merged weights for NaN / Inf before writing them.
+            keep_base_weights: Keep a CPU copy of each fused weight, for a bit-exact unfuse.
+            cache_deltas: Keep each fused ``dW`` (see below).
+
         Inference then costs nothing extra. With ``keep_base_weights`` (default) a CPU copy of each
         fused layer's weight is kept so that :meth:`unfuse_loca` / :meth:`unload_loca` restore it bit for
         bit; without it, unfusing subtracts ``dW`` again (equal up to float rounding). ``safe_fusing``
@@ -185,6 +192,9 @@ class LoCALoaderMixin:
     def unload_loca(self, keep_fused: bool = False) -> None:
         """Remove every LoCA adapter: the UNet's modules, weights and outputs are the base model's again
         (bit for bit; fused adapters are unfused first). LoRA adapters in the same UNet stay.
+
+        Args:
+            keep_fused: Keep fused adapters' effect in the weights (remove only the LoCA modules).
 
         ``keep_fused=True`` instead keeps what :meth:`fuse_loca` merged in the weights and only drops the
         LoCA layers (diffusers' ``fuse_lora()`` + ``unload_lora_weights()`` idiom).

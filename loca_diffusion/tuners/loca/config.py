@@ -24,6 +24,26 @@ class LoCAConfig(PeftConfig):
     config: ``coefficient_steps`` (the paper's ``B_a``), ``location_steps`` (``B_l``),
     ``location_training_steps`` (``T_s``; ``None`` = 10% of the run's total steps), ``location_lr``
     and ``schedule_variant``.
+
+    Args:
+        n_frequency: Learnable DCT coefficients ``B`` per adapted layer.
+        n_frequency_pattern: Per-layer overrides of ``n_frequency`` (module-name pattern -> count).
+        scaling: ``alpha`` in ``dW = alpha * C_out^T S C_in``.
+        target_modules: Names or a regex of the linear layers to adapt.
+        exclude_modules: Names or a regex of modules to skip.
+        location_grad: Finite difference of the location gradients: ``central`` (paper), ``forward``, ``backward``.
+        random_loc_seed: Seed of the initial locations (combined with each layer's name).
+        fan_in_fan_out: True when the weight is stored ``(in, out)``, as in GPT-2's ``Conv1D``.
+        init_weights: Zero coefficients (``dW = 0`` at the start); False draws them at random (tests).
+        strategy: How the layer computes: ``auto`` (by cost), ``weight``, ``hybrid`` or ``activation``.
+        modules_to_save: Extra modules trained in full and saved with the adapter (e.g. a task head).
+        layers_to_transform: Layer indices to adapt (with ``layers_pattern``), as in peft.
+        layers_pattern: The name of the layer list that ``layers_to_transform`` indexes.
+        coefficient_steps: ``B_a``, coefficient steps per alternating cycle.
+        location_steps: ``B_l``, location steps per alternating cycle.
+        location_training_steps: ``T_s``, steps with location learning (``None``: 10% of the run).
+        location_lr: Learning rate of the ``[0, 1]``-scaled locations.
+        schedule_variant: ``alternating`` (paper), ``fixed`` (V1), ``alternate_throughout`` (V2), ``joint`` (V3).
     """
 
     n_frequency: int = field(default=1000, metadata={"help": "Learnable DCT coefficients per adapted layer."})

@@ -170,6 +170,12 @@ class LoCALayer(BaseTunerLayer):
 
         Locations the optimizer moved outside ``[0, 1]`` are first projected back onto it
         (:meth:`project_locations`), whatever optimizer or schedule moved them.
+
+        Args:
+            adapter_name: The LoCA adapter of this layer.
+
+        Returns:
+            ``LongTensor [2, B]``: rows in ``[0, d_out)``, columns in ``[0, d_in)``.
         """
         if self.loca_frozen[adapter_name]:
             return self.loca_fixed_locations[adapter_name]
@@ -230,6 +236,9 @@ class LoCALayer(BaseTunerLayer):
 
     def freeze_locations(self, adapter_name: str) -> None:
         """Freeze the locations at their current rounded values, stored as integers from now on.
+
+        Args:
+            adapter_name: The LoCA adapter of this layer whose locations stop learning.
 
         The continuous parameter stays registered (a DistributedDataParallel wrapper expects every
         registered parameter to keep receiving gradients; the frozen one receives zeros) but no longer

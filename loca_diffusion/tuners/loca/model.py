@@ -23,6 +23,12 @@ _PEFT_PREFIX = "base_model.model."
 class LoCAModel(BaseTuner):
     """Creates a LoCA model from a pretrained model (use through ``peft.get_peft_model`` and friends).
 
+    Args:
+        model: The model whose linear layers (``target_modules`` of the config) get LoCA adapters.
+        peft_config: A :class:`LoCAConfig` (or a dict of them by adapter name, as peft passes it).
+        adapter_name: Name of the adapter to create (``"default"``).
+        low_cpu_mem_usage: Create the adapter weights on the meta device (peft's option), to be loaded afterwards.
+
     Saved adapters hold, per adapted layer, ``<module>.loca_coefficients`` (float32 ``[B]``),
     ``<module>.loca_locations`` (int64 ``[2, B]``: the learned integer ``(row, col)`` locations the forward
     uses, never regenerated from a seed), ``<module>.loca_shape`` (int64 ``[2]``: ``(d_out, d_in)``, checked on

@@ -39,6 +39,16 @@ class LoCASchedule:
     ``alternate_throughout`` (V2: no T_s), ``joint`` (V3: both every step until T_s).
     Unset arguments come from the adapter's :class:`LoCAConfig`; ``location_training_steps=None``
     means 10% of ``total_steps``.
+
+    Args:
+        model: The model with LoCA layers (bare, a ``PeftModel``, or wrapped by DDP / FSDP / ``torch.compile``).
+        coefficient_steps: ``B_a``, coefficient steps per cycle (default: the config's).
+        location_steps: ``B_l``, location steps per cycle (default: the config's).
+        location_training_steps: ``T_s``, the step after which locations freeze (default: the config's;
+            ``None`` there: 10% of ``total_steps``).
+        variant: ``alternating``, ``fixed``, ``alternate_throughout`` or ``joint`` (default: the config's).
+        total_steps: The run's optimizer steps, for the default ``T_s``.
+        adapter_name: The adapter whose config gives the defaults (default: the first LoCA adapter found).
     """
 
     def __init__(
