@@ -1,6 +1,6 @@
 """Latency of the web app (app/) on the default model: start-up, edits, fused vs unfused, adapter switches.
 
-* **Start-up**: ``python app/app.py`` is started as a subprocess; measured are the seconds until the page
+* **Start-up**: ``python -m app`` is started as a subprocess; measured are the seconds until the page
   answers, and until the first edit (20 steps, through ``gradio_client`` over HTTP) has come back.
 * **Edits** (in-process, the app's :class:`~app.engine.EditEngine`, the app's default settings): the base
   model, one adapter at strength 1 (fused, what the app runs), the same adapter unfused (the engine with
@@ -8,7 +8,7 @@
   in turn, the switch to its adapters done untimed before it; median over the repetitions.
 * **Adapter switches**: :meth:`EditEngine.activate` alone, from one setting to another, median of many.
 
-The default model is what ``python app/app.py`` serves: ``assets/tiny-instruct-pix2pix`` with the
+The default model is what ``python -m app`` serves: ``assets/tiny-instruct-pix2pix`` with the
 adapters in ``assets/adapters`` when they exist, else the tiny pipeline built in code with two adapters
 with random coefficients (written with ``save_loca`` into a temporary folder).
 
@@ -72,12 +72,12 @@ def _synthetic_adapters(engine: EditEngine, folder: Path) -> str:
 def startup(
     image: str, adapters_dir: str | None, steps: int, guidance: tuple[float, float], timeout: float = 600.0
 ) -> dict:
-    """Seconds from starting ``python app/app.py`` until the page answers and until the first edit returns."""
+    """Seconds from starting ``python -m app`` until the page answers and until the first edit returns."""
     import httpx
     from gradio_client import Client, handle_file
 
     port = _free_port()
-    command = [sys.executable, str(ROOT / "app" / "app.py"), "--port", str(port)]
+    command = [sys.executable, "-m", "app", "--port", str(port)]  # from cwd=ROOT, as `make demo`
     if adapters_dir is not None:
         command += ["--adapters_dir", adapters_dir]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -252,7 +252,7 @@ def write(results: dict, json_path: Path) -> None:
         f"alone (the only part fusing changes; median of {results['unet_forwards']} alternating calls): "
         f"{unet[fused_name] / unet['base']:.3f}x ({unet[fused_name] * 1e3:.1f} vs {unet['base'] * 1e3:.1f} ms CPU)",
         "",
-        f"## Start-up (`python app/app.py`, subprocess, one thread; edits of {results['steps']} steps; wall time)",
+        f"## Start-up (`python -m app`, subprocess, one thread; edits of {results['steps']} steps; wall time)",
         "",
         "| page answers | first edit done | first edit alone | later edits over HTTP |",
         "|---:|---:|---:|---:|",
@@ -295,7 +295,7 @@ def main(argv=None) -> dict:
     steps = 2 if args.quick else STEPS
     torch.set_num_threads(1)
 
-    # the guidance the app's controls start at for this model (python app/app.py with no options)
+    # the guidance the app's controls start at for this model (python -m app with no options)
     settings = start_settings(parse_args([]))
     guidance = (settings.guidance_scale, settings.image_guidance_scale)
     wall = time.perf_counter()
