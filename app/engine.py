@@ -23,7 +23,7 @@ from typing import Optional, Union
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from loca_diffusion.images import load_rgb
+from loca_diffusion.images import fit_size, load_rgb
 
 logger = logging.getLogger("loca_app")
 
@@ -102,13 +102,6 @@ class EditResult:
             f"{r.image_guidance_scale:g} · adapter {mix}{' (fused)' if self.fused else ''} · {width}x{height} px"
             f" · {self.seconds:.1f} s"
         )
-
-
-def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """The size an input is resized to: long side ``max_side``, aspect kept, both sides multiples of 8
-    (the VAE and UNet downsample by powers of two)."""
-    scale = max_side / max(width, height)
-    return (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
 
 
 def native_side(pipe) -> int:

@@ -97,6 +97,10 @@ def test_location_snapshot_heatmap_and_saving(tmp_path):
     )
     text = card.read_text()
     assert "400" in text and "s.png" in text and "l.png" in text and "load_loca" in text
+    # the snippet ends with the edit itself, using the run's instruction (issue 17)
+    assert "edited = pipe('Change the natural image to a cartoon-style image.', image=" in text
+    lora = write_model_card(tmp_path, "tiny", "lora", {}, 4, instruction="make it red").read_text()
+    assert 'from_pretrained("tiny", dtype=torch.float32)' in lora and "edited = pipe('make it red', image=" in lora
 
 
 def test_image_grid():
