@@ -152,7 +152,7 @@ def test_model_card_per_adapter_type(tmp_path, adapter, title, usage, foreign):
         tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, dataset_name="me/pairs"
     ).read_text()
     assert title in hub and usage in hub and f"tags: [{adapter}," in hub
-    assert 'from_pretrained("timbrooks/instruct-pix2pix")' in hub
+    assert 'from_pretrained("timbrooks/instruct-pix2pix"' in hub
     assert "datasets: [me/pairs]" in front_matter(hub) and "me/pairs" in hub
     for word in foreign:
         assert word not in hub, word
