@@ -193,6 +193,8 @@ class EditEngine:
         self.base_label = base_label
         self.device = pipe.device
         self.lock = device_lock(self.device)
+        # an instruction the model is known to follow, quoted when a request has none (None: no example)
+        self.instruction_hint: Optional[str] = None
         self.adapter_errors: dict[str, str] = {}
         self.adapter_sources: dict[str, str] = {}
         self._state = _AdapterState()
@@ -300,7 +302,8 @@ class EditEngine:
         with no name, ``"none"`` or weight 0 are dropped."""
         limits = self.limits
         if not isinstance(instruction, str) or not instruction.strip():
-            raise EditError("Write an instruction, e.g. 'turn it into a watercolor painting'")
+            hint = f", e.g. '{self.instruction_hint}'" if self.instruction_hint else ""
+            raise EditError(f"Write an instruction{hint}")
         instruction = instruction.strip()
         if len(instruction) > limits.max_instruction_chars:
             raise EditError(

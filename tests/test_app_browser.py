@@ -84,3 +84,80 @@ def test_upload_generate_and_see_the_result(served):
     ).images[0]  # fmt: skip
     assert "cartoon x1 (fused)" in used
     assert np.array_equal(shown, np.asarray(expected))
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 17: the default app (`make demo`: the embedded model, its cartoonizer and the shipped examples) as a
+# newcomer meets it
+
+
+@pytest.fixture(scope="module")
+def served_default(tmp_path_factory, torch_single_thread):
+    from app.app import create_app
+
+    root = tmp_path_factory.mktemp("browser_default")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(root / "examples_cache")  # a fresh cache: every row computes
+    try:
+        driver = chromium_driver()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = parse_args(["--port", str(port), "--device", "cpu"])
+    engine, demo = create_app(args)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(args))
+    driver.get(demo.local_url)
+    yield engine, demo, driver
+    driver.quit()
+    demo.close()
+
+
+def _shown(driver, src) -> np.ndarray:
+    from app.browser import image_bytes
+
+    return np.asarray(Image.open(io.BytesIO(image_bytes(driver, src))).convert("RGB"), dtype=float)
+
+
+def test_every_example_row_shows_its_edit(served_default):
+    """Each row, clicked in the browser, shows the edit a direct pipeline call makes of that photo with that
+    instruction and adapter at the default settings and seed 0 (the README tells newcomers to click them)."""
+    from app.browser import click_example, example_rows
+    from app.examples import load_examples
+    from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline
+    from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR
+    from loca_diffusion.images import fit_size, load_rgb
+
+    engine, demo, driver = served_default
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    examples = load_examples()
+    WebDriverWait(driver, 60).until(lambda d: example_rows(d))
+    assert len(example_rows(driver)) == len(examples) >= 9, driver.find_element("id", "examples").get_attribute(
+        "outerHTML"
+    )[:3000]
+    reference = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(BASE_DIR, dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_loca(ADAPTERS_DIR / "cartoonizer", adapter_name="cartoonizer")
+    for index, example in enumerate(examples):
+        src = click_example(driver, index, timeout=180)
+        shown = _shown(driver, src)
+        photo = load_rgb(example.image)
+        photo = photo.resize(fit_size(*photo.size, 64), Image.Resampling.LANCZOS)
+        if example.adapter:
+            reference.enable_loca()
+        else:
+            reference.disable_loca()
+        expected = reference(
+            example.instruction, image=photo, num_inference_steps=20, guidance_scale=2.0, image_guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(0), output_type="np",
+        ).images[0]  # fmt: skip
+        # the app runs a single adapter fused into the weights: the same edit up to float rounding
+        assert shown.shape == expected.shape
+        assert np.abs(shown - np.round(expected * 255)).max() <= 2, (index, example)
+        used = driver.find_element("css selector", "#used").text
+        assert "seed 0" in used and (f"{example.adapter} x1" if example.adapter else "none (base model)") in used
+        download = driver.find_elements("css selector", "button.download-button, a[download]")
+        assert any(d.is_displayed() for d in download), f"no download offered after example {index}"
+    # the page shows no error anywhere
+    assert not driver.find_elements("css selector", ".toast-body.error, [data-testid=toast-body].error")

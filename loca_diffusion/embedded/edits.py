@@ -186,6 +186,10 @@ EDITS: tuple[Edit, ...] = (
 )
 
 EDITS_BY_NAME = {e.name: e for e in EDITS}
+# Trained but not shipped as working edits: they beat output = input by under 3 dB on held-out photos
+# (bench/results/embedded_quality.md); the app does not suggest them.
+DROPPED_EDITS = ("more_contrast", "flip_horizontal")
+WORKING_EDITS: tuple[Edit, ...] = tuple(e for e in EDITS if e.name not in DROPPED_EDITS)
 
 
 # The cartoonizer adapter's target: loca_diffusion.cartoonize tuned for 64 px images (one smoothing
