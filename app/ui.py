@@ -279,7 +279,7 @@ def build_demo(
         ]  # fmt: skip
         # validation first, with no outputs; the edit only when it passed. The progress shows on the result only.
         for trigger, api_name in ((generate_btn.click, "edit"), (instruction.submit, False)):
-            trigger(check, inputs, None, queue=False, api_name=False, show_progress="hidden").success(
+            trigger(check, inputs, None, api_name=False, show_progress="hidden", concurrency_limit=None).success(
                 generate, inputs, outputs, api_name=api_name, concurrency_limit=1, show_progress_on=[result]
             )
 

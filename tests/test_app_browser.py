@@ -8,6 +8,8 @@ import copy
 import io
 import os
 import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from app.engine import EditEngine, Limits  # noqa: E402
 from loca_diffusion import LoCAConfig  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_tiny_instruct_pix2pix  # noqa: E402
 
+ROOT_EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "chelsea.png"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
@@ -108,6 +111,9 @@ def served_default(tmp_path_factory, torch_single_thread):
     engine, demo = create_app(args)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(args))
     driver.get(demo.local_url)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements("css selector", "#instruction textarea"))
     yield engine, demo, driver
     driver.quit()
     demo.close()
@@ -161,3 +167,72 @@ def test_every_example_row_shows_its_edit(served_default):
         assert any(d.is_displayed() for d in download), f"no download offered after example {index}"
     # the page shows no error anywhere
     assert not driver.find_elements("css selector", ".toast-body.error, [data-testid=toast-body].error")
+
+
+def test_the_page_lists_what_the_embedded_model_can_do(served_default):
+    """Items 4 and 5: the trained instructions are listed and suggested; randomize draws from the model's range."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from loca_diffusion.embedded.edits import WORKING_EDITS
+
+    engine, demo, driver = served_default
+    hints = driver.find_element("css selector", "#instruction_hints").text
+    assert all(e.instructions[0] in hints for e in WORKING_EDITS) and "cartoon-style" in hints
+    placeholder = driver.find_element("css selector", "#instruction textarea").get_attribute("placeholder")
+    assert placeholder == "e.g. make it black and white" and "watercolor" not in driver.page_source
+    _open_accordion(driver, "Settings")
+    label = WebDriverWait(driver, 30).until(lambda d: d.find_elements("id", "randomize_guidance"))[0].text
+    assert "Randomize guidance (text 1-3, image 1-1.5)" in label
+
+
+def _open_accordion(driver, title: str) -> None:
+    for button in driver.find_elements("css selector", "button.label-wrap"):
+        if title in button.text and "open" not in (button.get_attribute("class") or ""):
+            button.click()
+
+
+def test_validation_error_keeps_the_result_and_marks_no_control(served_default):
+    """Item 6: same adapter twice, Generate: a message; the last result stays, no Error badge on any control.
+    Item 7: the base-vs-adapter images are shown scaled up, not at their native 64 px."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from app.browser import example_rows
+
+    engine, demo, driver = served_default
+    driver.get(demo.local_url)
+    WebDriverWait(driver, 60).until(lambda d: example_rows(d))
+    edit_in_browser(driver, demo.local_url, ROOT_EXAMPLE, "make it black and white", adapter="cartoonizer")
+    before = driver.find_element("css selector", "#result img").get_attribute("src")
+    _open_accordion(driver, "Mix a second adapter")
+    second = [e for e in driver.find_elements("css selector", "input[role=listbox], .wrap input") if e.is_displayed()]
+    inputs = driver.find_elements("css selector", "input")
+    mix = [e for e in inputs if e.get_attribute("aria-label") == "Second adapter"]
+    (mix or second[-1:])[0].click()
+    WebDriverWait(driver, 30).until(
+        lambda d: [o for o in d.find_elements("css selector", "li[role=option][aria-label='cartoonizer']")]
+    )[0].click()
+    driver.find_element("css selector", "#generate").click()
+    WebDriverWait(driver, 30).until(lambda d: "selected twice" in d.page_source)
+    time.sleep(1)
+    assert driver.find_element("css selector", "#result img").get_attribute("src") == before
+    badges = [e for e in driver.find_elements("xpath", "//*[normalize-space(text())='Error']") if e.is_displayed()]
+    toasts = driver.find_elements("css selector", "[data-testid=toast-body]")
+    assert len(badges) <= len(toasts) <= 1, badges  # the message's own title only, no badge on the controls
+
+    # item 7: compare on a valid request; the two images fill their panels
+    (mix or second[-1:])[0].click()
+    WebDriverWait(driver, 30).until(
+        lambda d: [o for o in d.find_elements("css selector", "li[role=option][aria-label='none (base model)']")]
+    )[0].click()
+    driver.find_element("xpath", "//label[contains(., 'Compare with the base model')]").click()
+    driver.find_element("css selector", "#generate").click()
+    driver.find_element("xpath", "//button[@role='tab' and contains(., 'Base vs adapter')]").click()
+    for element_id in ("compare_base", "compare_adapter"):
+        image = WebDriverWait(driver, 120).until(
+            lambda d: [i for i in d.find_elements("css selector", f"#{element_id} img") if i.is_displayed()]
+        )[0]
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return arguments[0].naturalWidth > 0", image))
+        natural, shown = driver.execute_script(
+            "return [arguments[0].naturalHeight, arguments[0].getBoundingClientRect().height]", image
+        )
+        assert natural == 64 and shown >= 150, (element_id, natural, shown)
