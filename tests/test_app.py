@@ -408,6 +408,9 @@ def test_command_line(tmp_path):
         assert done.returncode == 0 and "--adapters_dir" in done.stdout and "--max_upload_mb" in done.stdout, (
             done.stderr
         )
+        # issue 17 item 5: the defaults --help states are the ones the UI and the README use
+        flat = " ".join(done.stdout.split())
+        assert "(default: 2.0 for the embedded model" in flat and "(default: 1.5 for the embedded model" in flat
 
 
 def test_examples_file(tmp_path):
