@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a file, this folder would shadow the `app` package it imports
@@ -26,6 +28,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls
 logger = logging.getLogger("loca_app")
 
 LOOPBACK_HOSTS = ("localhost",)
+# "Randomize guidance" on the embedded model: the corners of this box were all measured to edit well on
+# training photos (bench/results/embedded_guidance.md: 1/1, 2/1.5, 3/1, 3/1.5); the original demo's text 6-9
+# turns its output magenta
+EMBEDDED_RANDOM_GUIDANCE = (1.0, 3.0)
+EMBEDDED_RANDOM_IMAGE_GUIDANCE = (1.0, 1.5)
+
+
+def embedded_call_defaults() -> dict:
+    """The embedded model's recommended call settings (its call_defaults.json, read as plain JSON: no model is
+    loaded for ``--help``), or {} before it is built."""
+    from loca_diffusion.embedded import BASE_DIR
+
+    path = BASE_DIR / "call_defaults.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 # small inputs and results (the embedded model works at 64 px) are shown scaled up to fit the panel; the
 # before/after sliders get the whole picture instead of a full-width crop
 CSS = """
@@ -72,19 +88,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest upload accepted, in MB")
     parser.add_argument("--max_megapixels", type=float, default=50.0, help="largest upload accepted, in megapixels")
     parser.add_argument("--queue_size", type=int, default=16, help="requests waiting beyond this are turned away")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps the controls start at (default: 20)")
+    embedded = embedded_call_defaults()
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"denoising steps the controls start at (default: {embedded.get('num_inference_steps', 20)} for the "
+        "embedded model, else the base folder's call_defaults.json, else 20)",
+    )
     parser.add_argument(
         "--guidance_scale",
         type=float,
         default=None,
-        help="text guidance the controls start at (default: 1.0 for the embedded model, which was trained "
-        "to edit without guidance, else the original demo's 7.5)",
+        help=f"text guidance the controls start at (default: {embedded.get('guidance_scale', 7.5):.1f} for the "
+        "embedded model, chosen on training photos; else the base folder's call_defaults.json, else the original "
+        "demo's 7.5)",
     )
     parser.add_argument(
         "--image_guidance_scale",
         type=float,
         default=None,
-        help="image guidance the controls start at (default: 1.0 for the embedded model, else 1.5)",
+        help=f"image guidance the controls start at (default: {embedded.get('image_guidance_scale', 1.5):.1f} for "
+        "the embedded model; else the base folder's call_defaults.json, else 1.5)",
     )
     parser.add_argument(
         "--examples", default=None, help="a JSON-lines file of examples (default: assets/examples/examples.jsonl)"
@@ -132,23 +157,43 @@ def build_engine(args: argparse.Namespace):
     )
 
 
-def start_settings(args: argparse.Namespace):
-    """The sampling settings the controls start at: the command line's, else the base model's recommended
-    ones (the embedded model edits without classifier-free guidance; others get the original demo's)."""
-    from app.engine import DEFAULT_BASE_DIR
+def start_settings(args: argparse.Namespace, adapters: Sequence[str] = ()):
+    """What the controls start at: the command line's settings, else the base model's recommended ones (its
+    folder's call_defaults.json; else the original demo's). For the embedded model also the guidance ranges
+    of "Randomize guidance" and the instructions it was trained on (plus the cartoonizer's, when that adapter
+    is among ``adapters``)."""
     from app.ui import ORIGINAL_DEMO_SETTINGS, Settings
+    from loca_diffusion.pipelines import read_call_defaults
 
     recommended = ORIGINAL_DEMO_SETTINGS
-    if args.base is None and DEFAULT_BASE_DIR.is_dir():
-        from loca_diffusion.embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
+    from loca_diffusion.embedded import BASE_DIR
 
-        recommended = Settings(DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE)
+    embedded = args.base is None and BASE_DIR.is_dir()
+    folder = BASE_DIR if embedded else Path(args.base) if args.base else None
+    defaults = read_call_defaults(folder) if folder is not None and folder.is_dir() else {}
+    extra = {}
+    if embedded:
+        from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, WORKING_EDITS
+
+        instructions = tuple(e.instructions[0] for e in WORKING_EDITS)
+        if "cartoonizer" in adapters:
+            instructions += (f"{CARTOON_INSTRUCTION} (with the cartoonizer adapter)",)
+        extra = dict(
+            random_guidance_scale=EMBEDDED_RANDOM_GUIDANCE,
+            random_image_guidance_scale=EMBEDDED_RANDOM_IMAGE_GUIDANCE,
+            instructions=instructions,
+        )
+
+    def pick(given, key, fallback):
+        return given if given is not None else defaults.get(key, fallback)
+
     return Settings(
-        steps=args.steps if args.steps is not None else recommended.steps,
-        guidance_scale=args.guidance_scale if args.guidance_scale is not None else recommended.guidance_scale,
-        image_guidance_scale=(
-            args.image_guidance_scale if args.image_guidance_scale is not None else recommended.image_guidance_scale
+        steps=int(pick(args.steps, "num_inference_steps", recommended.steps)),
+        guidance_scale=float(pick(args.guidance_scale, "guidance_scale", recommended.guidance_scale)),
+        image_guidance_scale=float(
+            pick(args.image_guidance_scale, "image_guidance_scale", recommended.image_guidance_scale)
         ),
+        **extra,
     )
 
 
@@ -178,7 +223,10 @@ def create_app(args: argparse.Namespace):
     from app.ui import build_demo  # imports gradio: only when serving, so --help stays instant
 
     engine = build_engine(args)
-    demo = build_demo(engine, load_examples(args.examples), settings=start_settings(args))
+    settings = start_settings(args, engine.adapters)
+    if settings.instructions:
+        engine.instruction_hint = settings.instructions[0]
+    demo = build_demo(engine, load_examples(args.examples), settings=settings)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return engine, demo
 

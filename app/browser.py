@@ -81,6 +81,44 @@ def edit_in_browser(
     return result.get_attribute("src")
 
 
+def image_bytes(driver, src: str) -> bytes:
+    """The file behind an ``<img>`` ``src`` as the page received it (fetched by the page itself)."""
+    import base64
+
+    data_url = driver.execute_async_script(
+        """const [src, done] = arguments;
+        fetch(src).then(r => r.blob()).then(b => { const f = new FileReader(); f.onload = () => done(f.result);
+        f.readAsDataURL(b); });""",
+        src,
+    )
+    return base64.b64decode(data_url.split(",", 1)[1])
+
+
+def example_rows(driver) -> list:
+    """The clickable rows of the examples table."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#examples tbody tr, #examples .gallery-item")
+
+
+def click_example(driver, index: int, *, timeout: float = 120.0) -> str:
+    """Click row ``index`` of the examples table, wait until the edited image changes, return its ``src``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def current_src(d):
+        found = d.find_elements(By.CSS_SELECTOR, "#result img")
+        return found[0].get_attribute("src") if found else None
+
+    before = current_src(driver)
+    example_rows(driver)[index].click()
+    wait = WebDriverWait(driver, timeout)
+    wait.until(lambda d: current_src(d) not in (None, before))
+    result = driver.find_element(By.CSS_SELECTOR, "#result img")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", result))
+    return result.get_attribute("src")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Screenshot of the app editing its first example")
     parser.add_argument("--screenshot", required=True)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from loca_diffusion.embedded import ASSETS_DIR
-from loca_diffusion.images import load_rgb
+from loca_diffusion.images import fit_size, load_rgb
 
 logger = logging.getLogger("loca_app")
 
@@ -102,13 +102,6 @@ class EditResult:
             f"{r.image_guidance_scale:g} · adapter {mix}{' (fused)' if self.fused else ''} · {width}x{height} px"
             f" · {self.seconds:.1f} s"
         )
-
-
-def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """The size an input is resized to: long side ``max_side``, aspect kept, both sides multiples of 8
-    (the VAE and UNet downsample by powers of two)."""
-    scale = max_side / max(width, height)
-    return (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
 
 
 def native_side(pipe) -> int:
@@ -200,6 +193,8 @@ class EditEngine:
         self.base_label = base_label
         self.device = pipe.device
         self.lock = device_lock(self.device)
+        # an instruction the model is known to follow, quoted when a request has none (None: no example)
+        self.instruction_hint: Optional[str] = None
         self.adapter_errors: dict[str, str] = {}
         self.adapter_sources: dict[str, str] = {}
         self._state = _AdapterState()
@@ -307,7 +302,8 @@ class EditEngine:
         with no name, ``"none"`` or weight 0 are dropped."""
         limits = self.limits
         if not isinstance(instruction, str) or not instruction.strip():
-            raise EditError("Write an instruction, e.g. 'turn it into a watercolor painting'")
+            hint = f", e.g. '{self.instruction_hint}'" if self.instruction_hint else ""
+            raise EditError(f"Write an instruction{hint}")
         instruction = instruction.strip()
         if len(instruction) > limits.max_instruction_chars:
             raise EditError(

@@ -26,19 +26,24 @@ logger = logging.getLogger("loca_app")
 
 @dataclass(frozen=True)
 class Settings:
-    """The sampling settings the controls start at (and Reset and the examples use)."""
+    """What the controls start at (and Reset and the examples use), for the loaded base model: sampling
+    settings, the ranges "Randomize guidance" draws from, and the instructions the model is known to follow
+    (listed under the instruction box; the first one is the placeholder)."""
 
     steps: int = 20
     guidance_scale: float = 7.5
     image_guidance_scale: float = 1.5
+    random_guidance_scale: tuple[float, float] = (6.0, 9.0)
+    random_image_guidance_scale: tuple[float, float] = (1.2, 1.8)
+    instructions: tuple[str, ...] = ()
 
 
-# the original demo's defaults and randomisation ranges
+# the original demo's defaults and randomisation ranges (text 6-9, image 1.2-1.8)
 ORIGINAL_DEMO_SETTINGS = Settings()
 RANDOM_SEED_RANGE = (0, 100_000)
-RANDOM_TEXT_GUIDANCE = (6.0, 9.0)
-RANDOM_IMAGE_GUIDANCE = (1.2, 1.8)
 KEEP_DOWNLOADS_S = 3600
+# shown for a base model without a list of known instructions (the original InstructPix2Pix can do this)
+GENERIC_PLACEHOLDER = "e.g. turn it into a watercolor painting"
 
 HELP = """
 **Text guidance** pulls the result towards the instruction; **image guidance** keeps it close to the
@@ -87,65 +92,88 @@ def build_demo(
     choices = [("none (base model)", NO_ADAPTER)] + [(name, name) for name in engine.adapters]
     limits = engine.limits
 
-    def run(
-        image_path,
-        instruction,
-        steps,
-        text_guidance,
-        image_guidance,
-        seed,
-        randomize_seed,
-        randomize_guidance,
-        adapter,
-        strength,
-        mix_adapter,
-        mix_weight,
-        compare,
-        on_progress: Optional[Callable[[int, int], None]] = None,
-    ):
+    def prepare(
+        image_path, instruction, steps, text_guidance, image_guidance, seed, randomize_seed, randomize_guidance,
+        adapter, strength, mix_adapter, mix_weight, compare,
+    ):  # fmt: skip
+        """The validated image and request (raises :class:`EditError`)."""
+        if randomize_seed:
+            seed = random.randint(*RANDOM_SEED_RANGE)
+        if randomize_guidance:
+            text_guidance = round(random.uniform(*settings.random_guidance_scale), 2)
+            image_guidance = round(random.uniform(*settings.random_image_guidance_scale), 2)
+        if not image_path:
+            raise EditError("Upload an image first")
+        image = engine.open_image(image_path)
+        request = engine.request(
+            instruction,
+            steps=steps,
+            guidance_scale=text_guidance,
+            image_guidance_scale=image_guidance,
+            seed=seed,
+            adapters=[(adapter, strength), (mix_adapter, mix_weight)],
+        )
+        if compare and not request.adapters:
+            raise EditError("Choose an adapter to compare with the base model")
+        return image, request
+
+    def run(*args, on_progress: Optional[Callable[[int, int], None]] = None, download: bool = True):
         try:
-            if randomize_seed:
-                seed = random.randint(*RANDOM_SEED_RANGE)
-            if randomize_guidance:
-                text_guidance = round(random.uniform(*RANDOM_TEXT_GUIDANCE), 2)
-                image_guidance = round(random.uniform(*RANDOM_IMAGE_GUIDANCE), 2)
-            if not image_path:
-                raise EditError("Upload an image first")
-            image = engine.open_image(image_path)
-            request = engine.request(
-                instruction,
-                steps=steps,
-                guidance_scale=text_guidance,
-                image_guidance_scale=image_guidance,
-                seed=seed,
-                adapters=[(adapter, strength), (mix_adapter, mix_weight)],
-            )
+            image, request = prepare(*args)
+            compare = args[-1]
             result = engine.edit(image, request, compare=bool(compare), progress=on_progress)
         except Exception as error:
             raise _user_error(error) from None
-        return _outputs(result, out_dir)
+        return _outputs(result, out_dir, download=download)
 
-    def generate(*args, progress=gr.Progress()):
+    # Named parameters: the API page and gradio_client show these names (not param_0 ... param_12).
+    def generate(
+        image: Optional[str],
+        instruction: str,
+        steps: float,
+        text_guidance: float,
+        image_guidance: float,
+        seed: float,
+        randomize_seed: bool,
+        randomize_guidance: bool,
+        adapter: str,
+        strength: float,
+        mix_adapter: str,
+        mix_weight: float,
+        compare: bool,
+        progress=gr.Progress(),
+    ):
         """Edit the image following the instruction. Returns the edited image, before/after, the base vs
         adapter comparison (when asked for), the PNG file, the seed and guidance used, and a summary."""
-        return run(*args, on_progress=lambda done, total: progress((done, total), desc="Denoising"))
+        return run(
+            image, instruction, steps, text_guidance, image_guidance, seed, randomize_seed, randomize_guidance,
+            adapter, strength, mix_adapter, mix_weight, compare,
+            on_progress=lambda done, total: progress((done, total), desc="Denoising"),
+        )  # fmt: skip
+
+    def check(*args) -> None:
+        """Validate the inputs before the edit event: a refused request shows its message and leaves the
+        result and the controls as they are (an error in the edit event itself would mark all its outputs)."""
+        try:
+            prepare(*args)
+        except Exception as error:
+            raise _user_error(error) from None
 
     def run_example(image_path, instruction, adapter):
-        return run(
-            image_path,
-            instruction,
-            settings.steps,
-            settings.guidance_scale,
-            settings.image_guidance_scale,
-            0,
-            False,
-            False,
-            adapter or NO_ADAPTER,
-            1.0,
-            NO_ADAPTER,
-            0.0,
-            False,
-        )
+        # Only plain values among the cached outputs: gradio's example cache cannot rebuild a DownloadButton
+        # update (AttributeError 'info') nor read back an empty ImageSlider; the event chained after the
+        # example loads offers the download and clears the comparison.
+        values = run(
+            image_path, instruction, settings.steps, settings.guidance_scale, settings.image_guidance_scale, 0,
+            False, False, adapter or NO_ADAPTER, 1.0, NO_ADAPTER, 0.0, False, download=False,
+        )  # fmt: skip
+        return [value for value, output in zip(values, outputs_without_download) if output in example_outputs]
+
+    def after_example(image):
+        """The PNG of the edited image on display, offered for download; no base-vs-adapter comparison."""
+        if image is None:
+            return gr.DownloadButton(visible=False), None, None, None
+        return gr.DownloadButton(value=str(_save_png(image, out_dir, "example")), visible=True), None, None, None
 
     # gradio's cache of served files is pruned hourly (files older than two hours)
     with gr.Blocks(title="LoCA InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
@@ -164,10 +192,16 @@ def build_demo(
                 upload_errors_as_messages(input_image)
                 instruction = gr.Textbox(
                     label="Instruction",
-                    placeholder="e.g. turn it into a watercolor painting",
+                    placeholder=f"e.g. {settings.instructions[0]}" if settings.instructions else GENERIC_PLACEHOLDER,
                     max_length=limits.max_instruction_chars,
                     elem_id="instruction",
                 )
+                if settings.instructions:
+                    gr.Markdown(
+                        "**Instructions this model was trained on:** "
+                        + " · ".join(f"*{text}*" for text in settings.instructions),
+                        elem_id="instruction_hints",
+                    )
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     reset_btn = gr.Button("Reset", elem_id="reset")
@@ -191,13 +225,21 @@ def build_demo(
                             step=0.05,
                             label="Image guidance",
                         )
-                    randomize_guidance = gr.Checkbox(False, label="Randomize guidance (text 6-9, image 1.2-1.8)")
+                    randomize_guidance = gr.Checkbox(
+                        False,
+                        label="Randomize guidance (text {:g}-{:g}, image {:g}-{:g})".format(
+                            *settings.random_guidance_scale, *settings.random_image_guidance_scale
+                        ),
+                        elem_id="randomize_guidance",
+                    )
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=limits.seed[0], maximum=limits.seed[1])
                         randomize_seed = gr.Checkbox(True, label="Randomize seed")
                     gr.Markdown(HELP)
             with gr.Column():
-                result = gr.Image(label="Edited", format="png", interactive=False, height=320, elem_id="result")
+                result = gr.Image(
+                    label="Edited", type="pil", format="png", interactive=False, height=320, elem_id="result"
+                )
                 used = gr.Markdown(elem_id="used")
                 download = gr.DownloadButton("Download PNG", visible=False)
                 with gr.Tabs():
@@ -210,9 +252,23 @@ def build_demo(
                             label="Base / adapter", format="png", interactive=False, height=320, elem_classes="fit"
                         )
                         with gr.Row():
-                            compare_base = gr.Image(label="Base model", format="png", interactive=False)
-                            compare_adapter = gr.Image(label="With the adapter", format="png", interactive=False)
+                            # a fixed height, scaled up by the page's CSS: 64 px results are not shown at 64 px
+                            compare_base = gr.Image(
+                                label="Base model", format="png", interactive=False, height=240, elem_id="compare_base"
+                            )
+                            compare_adapter = gr.Image(
+                                label="With the adapter",
+                                format="png",
+                                interactive=False,
+                                height=240,
+                                elem_id="compare_adapter",
+                            )
 
+        outputs_without_download = [
+            result, before_after, compare_slider, compare_base, compare_adapter, seed, text_guidance, image_guidance,
+            used,
+        ]  # fmt: skip
+        example_outputs = [result, before_after, seed, text_guidance, image_guidance, used]
         inputs = [
             input_image, instruction, steps, text_guidance, image_guidance, seed, randomize_seed,
             randomize_guidance, adapter, strength, mix_adapter, mix_weight, compare,
@@ -221,8 +277,11 @@ def build_demo(
             result, before_after, compare_slider, compare_base, compare_adapter, download, seed, text_guidance,
             image_guidance, used,
         ]  # fmt: skip
-        generate_btn.click(generate, inputs, outputs, api_name="edit", concurrency_limit=1)
-        instruction.submit(generate, inputs, outputs, api_name=False, concurrency_limit=1)
+        # validation first, with no outputs; the edit only when it passed. The progress shows on the result only.
+        for trigger, api_name in ((generate_btn.click, "edit"), (instruction.submit, False)):
+            trigger(check, inputs, None, api_name=False, show_progress="hidden", concurrency_limit=None).success(
+                generate, inputs, outputs, api_name=api_name, concurrency_limit=1, show_progress_on=[result]
+            )
 
         defaults = [
             None, "", settings.steps, settings.guidance_scale, settings.image_guidance_scale, 0, True, False,
@@ -240,27 +299,42 @@ def build_demo(
         for skipped in (e for e in examples if e not in usable):
             logger.warning("example %s skipped: adapter %r is not loaded", skipped.image, skipped.adapter)
         if usable:
-            gr.Examples(
+            examples_table = gr.Examples(
                 [[e.image, e.instruction, e.adapter or NO_ADAPTER] for e in usable],
                 inputs=[input_image, instruction, adapter],
-                outputs=outputs,
+                outputs=example_outputs,
                 fn=run_example,
                 cache_examples=True,
                 cache_mode="lazy",
                 api_name=False,
                 label="Examples (default settings, seed 0; computed once on first click, then cached)",
+                elem_id="examples",
+            )
+            examples_table.cache_event.success(
+                after_example,
+                [result],
+                [download, compare_slider, compare_base, compare_adapter],
+                api_name=False,
+                queue=False,
             )
     return demo
 
 
-def _outputs(result: EditResult, out_dir: Path) -> list:
-    request = result.request
+def _save_png(image, out_dir: Path, tag: str) -> Path:
+    """``image`` as a PNG in ``out_dir``, after removing downloads older than :data:`KEEP_DOWNLOADS_S`."""
     now = time.time()
     for old in out_dir.glob("edit-*.png"):  # downloads are offered once; keep the folder small
         if now - old.stat().st_mtime > KEEP_DOWNLOADS_S:
             old.unlink(missing_ok=True)
-    png = Path(tempfile.mkstemp(prefix=f"edit-seed{request.seed}-", suffix=".png", dir=out_dir)[1])
-    result.image.save(png)
+    png = Path(tempfile.mkstemp(prefix=f"edit-{tag}-", suffix=".png", dir=out_dir)[1])
+    image.save(png)
+    return png
+
+
+def _outputs(result: EditResult, out_dir: Path, download: bool = True) -> list:
+    """The values of the edit event's outputs (without the download button's when ``download`` is False)."""
+    request = result.request
+    png = _save_png(result.image, out_dir, f"seed{request.seed}") if download else None
     if result.base_image is not None:
         comparison = (result.base_image, result.image)
         base, adapted = result.base_image, result.image
@@ -272,7 +346,7 @@ def _outputs(result: EditResult, out_dir: Path) -> list:
         comparison,
         base,
         adapted,
-        gr.DownloadButton(value=str(png), visible=True),
+        *([gr.DownloadButton(value=str(png), visible=True)] if download else []),
         request.seed,
         request.guidance_scale,
         request.image_guidance_scale,

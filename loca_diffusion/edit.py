@@ -5,8 +5,9 @@
         --adapter assets/adapters/cartoonizer
     python -m loca_diffusion.edit --grid edit-grid.png      # before/after grid of assets/examples
 
-The embedded model works at 64 x 64: the photo is centre-cropped to a square and resized to 64 px
-(``--resolution``); the output is that size, saved to ``--output`` (default: ``<image>-edited.png``).
+The embedded model works at 64 px: the photo is resized to 64 px on its long side, aspect ratio kept and both
+sides multiples of 8, as the app does (``--resolution``); the output is that size, saved to ``--output``
+(default: ``<image>-edited.png``). ``--grid`` tiles stay square centre crops.
 ``--model`` picks another InstructPix2Pix pipeline folder (any diffusers one; larger ones are slow on CPU).
 """
 
@@ -25,7 +26,7 @@ from .embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION
 from .embedded.evaluate import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS, run_edit
 from .embedded.photos import centre_square, to_image, to_tensor
 from .embedded.pipeline import load_pipeline
-from .images import load_rgb
+from .images import fit_size, load_rgb
 
 __all__ = ["load_pipeline", "edit_image", "edit_grid", "main"]
 
@@ -41,8 +42,11 @@ def edit_image(
     guidance_scale: float = DEFAULT_GUIDANCE,
     image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE,
 ) -> Image.Image:
-    """Centre-crop ``image`` to a square at ``resolution`` and apply ``instruction``."""
-    x = to_tensor(centre_square(load_rgb(image), resolution))[None]
+    """Resize ``image`` to ``resolution`` on its long side (aspect kept, multiples of 8; no crop, as the app)
+    and apply ``instruction``."""
+    photo = load_rgb(image)
+    photo = photo.resize(fit_size(*photo.size, resolution), Image.Resampling.LANCZOS)
+    x = to_tensor(photo)[None]
     out = run_edit(
         pipe,
         x,
@@ -113,10 +117,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--model", default=str(BASE_DIR), help="InstructPix2Pix pipeline folder (default: the embedded one)"
     )
-    p.add_argument("--resolution", type=int, default=RESOLUTION)
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE)
-    p.add_argument("--image_guidance_scale", type=float, default=DEFAULT_IMAGE_GUIDANCE)
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=RESOLUTION,
+        help="long side the photo is resized to, aspect kept (default: %(default)s, the embedded model's size)",
+    )
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps (default: %(default)s)")
+    p.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        help="text guidance: higher follows the instruction more (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image_guidance_scale",
+        type=float,
+        default=DEFAULT_IMAGE_GUIDANCE,
+        help="image guidance: higher stays closer to the photo (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", default=None, help="write a before/after grid of assets/examples to this PNG instead")
     args = p.parse_args(argv)

@@ -17,11 +17,18 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["load_rgb", "image_grid", "SIXTEEN_BIT_MODES"]
+__all__ = ["fit_size", "load_rgb", "image_grid", "SIXTEEN_BIT_MODES"]
 
 # Integer greyscale modes whose range is 0..65535 (Pillow opens 16-bit PNGs as I;16 or, before 10.x, as I).
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 BACKGROUND = (255, 255, 255)
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size an input is resized to: long side ``max_side``, aspect kept, both sides multiples of 8
+    (the VAE and UNet downsample by powers of two)."""
+    scale = max_side / max(width, height)
+    return (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
 
 
 def _sixteen_to_eight_bit(image: Image.Image) -> Image.Image:

@@ -405,6 +405,9 @@ def test_command_line(tmp_path):
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0 and "--adapters_dir" in done.stdout and "--max_upload_mb" in done.stdout, done.stderr
+    # issue 17 item 5: the defaults --help states are the ones the UI and the README use
+    flat = " ".join(done.stdout.split())
+    assert "(default: 2.0 for the embedded model" in flat and "(default: 1.5 for the embedded model" in flat
     # run as a file, the app's folder would shadow its package: one line saying how to run it, no traceback
     done = subprocess.run([sys.executable, "app/app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
@@ -469,3 +472,17 @@ def test_default_app_serves_the_embedded_model_and_its_cartoonizer(torch_single_
     ).images[0]  # fmt: skip
     # fused (the app) vs unfused (the reference): the same edit up to float rounding
     assert np.abs(np.asarray(served, dtype=float) - np.round(expected * 255)).max() <= 2
+
+
+def test_the_api_names_its_parameters(env):
+    """Issue 17 item 10: /edit's parameters carry their names (not param_0 ... param_12) and work as keywords."""
+    info = env.client.view_api(print_info=False, return_format="dict")
+    names = [p["parameter_name"] for p in info["named_endpoints"]["/edit"]["parameters"]]
+    assert names[:6] == ["image", "instruction", "steps", "text_guidance", "image_guidance", "seed"]
+    assert not any(name.startswith("param_") for name in names)
+    out = env.client.predict(
+        image=handle_file(str(env.image_path)), instruction=PROMPT, steps=STEPS, text_guidance=7.5,
+        image_guidance=1.5, seed=0, randomize_seed=False, randomize_guidance=False, adapter="none", strength=1.0,
+        mix_adapter="none", mix_weight=0.5, compare=False, api_name="/edit",
+    )  # fmt: skip
+    assert np.array_equal(pixels(out[0]), direct(env))

@@ -151,6 +151,26 @@ def test_edit_cli_runs_offline(tmp_path):
     assert Image.open(out).size == (RESOLUTION, RESOLUTION)
 
 
+def test_edit_cli_keeps_the_aspect_ratio_and_documents_its_flags(pipe, tmp_path):
+    """Issue 17 item 9: no centre crop (the app keeps the whole photo); every sampling flag has help text."""
+    from loca_diffusion.edit import edit_image
+
+    wide = Image.open(EXAMPLES_DIR / HELD_OUT[1]).convert("RGB").resize((150, 60))
+    edited = edit_image(pipe, wide, "make it darker", steps=4)
+    assert edited.size == (64, 24)  # 150 x 60 -> 64 x 25.6 -> multiples of 8
+    # the whole photo is there: the left and right edges of the input show in the output's edges
+    small = np.asarray(wide.resize(edited.size), dtype=float)
+    out = np.asarray(edited, dtype=float)
+    assert np.corrcoef(small[:, :8].ravel(), out[:, :8].ravel())[0, 1] > 0.5
+    help_text = subprocess.run(
+        [sys.executable, "-m", "loca_diffusion.edit", "--help"], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout  # fmt: skip
+    for flag in ("--resolution", "--steps", "--guidance_scale", "--image_guidance_scale"):
+        after = help_text.split("options:", 1)[1].split(f"\n  {flag}", 1)[1].split("\n  --", 1)[0]
+        assert "default:" in after, (flag, after)
+
+
 def test_edit_reads_16_bit_and_exif_rotated_photos_as_the_picture_they_show(pipe, tmp_path):
     from loca_diffusion.edit import edit_image
 

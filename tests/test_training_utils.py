@@ -98,6 +98,10 @@ def test_location_snapshot_heatmap_and_saving(tmp_path):
     )
     text = card.read_text()
     assert "400" in text and "s.png" in text and "l.png" in text and "load_loca" in text
+    # the snippet ends with the edit itself, using the run's instruction (issue 17)
+    assert "edited = pipe('Change the natural image to a cartoon-style image.', image=" in text
+    lora = write_model_card(tmp_path, "tiny", "lora", {}, 4, instruction="make it red").read_text()
+    assert 'from_pretrained("tiny", dtype=torch.float32)' in lora and "edited = pipe('make it red', image=" in lora
 
 
 def test_image_grid():
@@ -149,7 +153,7 @@ def test_model_card_per_adapter_type(tmp_path, adapter, title, usage, foreign):
         tmp_path, "timbrooks/instruct-pix2pix", adapter, {"seed": 0}, 1234, dataset_name="me/pairs"
     ).read_text()
     assert title in hub and usage in hub and f"tags: [{adapter}," in hub
-    assert 'from_pretrained("timbrooks/instruct-pix2pix")' in hub
+    assert 'from_pretrained("timbrooks/instruct-pix2pix"' in hub
     assert "datasets: [me/pairs]" in front_matter(hub) and "me/pairs" in hub
     for word in foreign:
         assert word not in hub, word

@@ -628,6 +628,7 @@ def main(argv=None) -> None:
             trainable_parameters=n_trainable,
             dataset_name=args.dataset_name,
             train_data_dir=args.train_data_dir,
+            instruction=args.validation_prompt,
         )
         write_model_card(args.output_dir, **card)  # before the final validation: a card even if it fails
         grid = run_validation(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS  # noqa: E402
-from loca_diffusion.embedded.evaluate import evaluate_edits  # noqa: E402
+from loca_diffusion.embedded.evaluate import CALL_DEFAULTS, evaluate_edits  # noqa: E402
 from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
     assemble_pipeline,
@@ -350,6 +350,9 @@ def export(args) -> None:
     text_encoder.load_state_dict(state["ema_text_encoder"])
     pipe = assemble_pipeline(vae, text_encoder.eval(), unet.eval(), WORK / "tokenizer")
     pipe.to(torch.float16)
+    # the settings a plain `pipe(prompt, image=photo)` should use on this model (read by the LoCA pipeline
+    # classes): its training resolution and the sampling settings chosen on training photos
+    pipe.call_defaults = dict(CALL_DEFAULTS)
     pipe.save_pretrained(args.output_dir, safe_serialization=True)
     note = "" if state.get("done") else " (UNET NOT FINISHED)"
     print(f"exported to {args.output_dir}: VAE from the {vae_stage} stage, UNet step {state['step']}{note}")

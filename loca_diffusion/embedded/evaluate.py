@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import RESOLUTION
 from .edits import Edit
 from .metrics import psnr, ssim
 from .photos import to_image
@@ -15,6 +16,14 @@ from .photos import to_image
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 2.0
 DEFAULT_IMAGE_GUIDANCE = 1.5
+# what `--stage export` writes into the model folder as call_defaults.json: a plain `pipe(prompt, image=photo)`
+# with the LoCA pipeline classes then runs at these settings (tests/test_embedded.py checks the shipped file)
+CALL_DEFAULTS = {
+    "resolution": RESOLUTION,
+    "num_inference_steps": DEFAULT_STEPS,
+    "guidance_scale": DEFAULT_GUIDANCE,
+    "image_guidance_scale": DEFAULT_IMAGE_GUIDANCE,
+}
 
 
 @torch.no_grad()

@@ -8,30 +8,39 @@ from typing import Optional
 
 from .args import ADAPTERS
 
+# The card's "Use" snippet: runnable as written once the adapter path and photo are filled in. dtype=float32 for
+# diffusers' own class: transformers 5 would load an fp16-saved text encoder in fp16 next to an fp32 UNet
+# (the LoCA pipeline class loads float32 by default and takes the base folder's call_defaults.json).
 _CARD_USAGE = {
     "loca": (
-        "import loca_diffusion",
+        "from PIL import Image",
         "from loca_diffusion import StableDiffusionInstructPix2PixLoCAPipeline",
         "",
         'pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained("{base}")',
         'pipe.load_loca("path/to/this/directory")',
+        'edited = pipe({instruction!r}, image=Image.open("photo.jpg").convert("RGB")).images[0]',
     ),
     "lora": (
+        "import torch",
         "from diffusers import StableDiffusionInstructPix2PixPipeline",
+        "from PIL import Image",
         "",
-        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}", dtype=torch.float32)',
         'pipe.load_lora_weights("path/to/this/directory")',
+        'edited = pipe({instruction!r}, image=Image.open("photo.jpg").convert("RGB")).images[0]',
     ),
     "fourierft": (
+        "import torch",
         "from diffusers import StableDiffusionInstructPix2PixPipeline",
         "from peft import PeftModel",
+        "from PIL import Image",
         "",
-        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}")',
+        'pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("{base}", dtype=torch.float32)',
         'pipe.unet = PeftModel.from_pretrained(pipe.unet, "path/to/this/directory")',
+        'edited = pipe({instruction!r}, image=Image.open("photo.jpg").convert("RGB")).images[0]',
     ),
 }
-
-
+DEFAULT_CARD_INSTRUCTION = "Change the natural image to a cartoon-style image."
 ADAPTER_TITLES = {"loca": "LoCA", "lora": "LoRA", "fourierft": "FourierFT"}
 
 
@@ -45,10 +54,12 @@ def write_model_card(
     train_data_dir: Optional[str] = None,
     sample_grid: Optional[str] = None,
     heatmap: Optional[str] = None,
+    instruction: str = DEFAULT_CARD_INSTRUCTION,
 ) -> Path:
     """``README.md`` of a trained ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model, training
     data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
-    to load it with that adapter's own loader, hyperparameters, parameter count, pictures.
+    to load it with that adapter's own loader and edit a photo with ``instruction``, hyperparameters,
+    parameter count, pictures.
     ``hyperparameters`` is written as given: leave secrets out."""
     if adapter not in ADAPTERS:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
@@ -74,7 +85,7 @@ def write_model_card(
         "## Use",
         "",
         "```python",
-        *(line.format(base=base_model) for line in _CARD_USAGE[adapter]),
+        *(line.format(base=base_model, instruction=instruction) for line in _CARD_USAGE[adapter]),
         "```",
         "",
         "## Hyperparameters",
