@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
+from loca_diffusion.data.splits import add_split_arguments
 from loca_diffusion.data.tasks import PixelClassification, add_data_arguments, load_image_classification
 from loca_diffusion.offline import resolve_model
 from loca_diffusion.training.args import add_adapter_arguments, add_training_arguments
@@ -49,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=None, help="Square input size (default: the model's image size).")
     p.add_argument("--random_flip", action="store_true")
     add_data_arguments(p)
+    add_split_arguments(p)
     g = p.add_argument_group("image data")
     g.add_argument("--image_column", default="image")
     g.add_argument("--train_dir", default=None, help="An imagefolder: one sub-folder of images per class.")
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
     accelerator = make_accelerator(args)
 
     # 1. Data: images and integer labels for both splits.
-    train_split, eval_split, label_names = exit_on_data_error(load_image_classification, args)
+    train_split, eval_split, label_names, sizes = exit_on_data_error(load_image_classification, args, with_sizes=True)
     n_train, n_eval = len(train_split["label"]), len(eval_split["label"])
     accelerator.print(f"{n_train} training / {n_eval} evaluation images, {len(label_names)} classes")
 
@@ -105,7 +107,7 @@ def main(argv=None) -> None:
 
     # 5. Train (LoCA schedule, checkpoints, resume, TensorBoard), then evaluate.
     output = train(args, accelerator, model, train_dataloader, eval_dataloader)
-    metrics = evaluate_classification(accelerator, output.model, output.eval_dataloader, len(label_names))
+    metrics = sizes | evaluate_classification(accelerator, output.model, output.eval_dataloader, len(label_names))
     accelerator.print(metrics)
 
     # 6. Save the adapter (PEFT format, head included) with its model card.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import loca_diffusion  # noqa: F401  (registers LoCA with peft)
+from loca_diffusion.data.splits import add_split_arguments
 from loca_diffusion.data.tasks import (
     TokenizedClassification,
     add_data_arguments,
@@ -46,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task_name", default=None, help="A GLUE task (sst2, mrpc, ...), loaded from the Hub.")
     p.add_argument("--max_length", type=int, default=128)
     add_data_arguments(p)
+    add_split_arguments(p)
     g = p.add_argument_group("text data")
     g.add_argument("--train_dir", default=None, help="A folder with one sub-folder of .txt files per class.")
     g.add_argument("--validation_dir", default=None)
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     accelerator = make_accelerator(args)
 
     # 1. Data: texts and integer labels for both splits.
-    train_split, eval_split, label_names = exit_on_data_error(load_text_classification, args)
+    train_split, eval_split, label_names, sizes = exit_on_data_error(load_text_classification, args, with_sizes=True)
     accelerator.print(
         f"{len(train_split['label'])} training / {len(eval_split['label'])} evaluation texts, classes {label_names}"
     )
@@ -100,7 +102,7 @@ def main(argv=None) -> None:
 
     # 5. Train (LoCA schedule, checkpoints, resume, TensorBoard), then evaluate.
     output = train(args, accelerator, model, train_dataloader, eval_dataloader)
-    metrics = evaluate_classification(accelerator, output.model, output.eval_dataloader, len(label_names))
+    metrics = sizes | evaluate_classification(accelerator, output.model, output.eval_dataloader, len(label_names))
     accelerator.print(metrics)
 
     # 6. Save the adapter (PEFT format, head included) with its model card.

@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from .splits import balanced_holdout_mask, take, task_splits
+
 GLUE_TEXT_COLUMNS = {
     "cola": ("sentence", None),
     "sst2": ("sentence", None),
@@ -136,16 +138,6 @@ def encode_labels(
     return out[0], out[1], names
 
 
-def _holdout(n: int, labels: Sequence[int], every: int = 5) -> np.ndarray:
-    """A balanced validation mask: every ``every``-th example of each label."""
-    seen: dict[int, int] = {}
-    mask = np.zeros(n, dtype=bool)
-    for i, label in enumerate(labels):
-        seen[label] = seen.get(label, 0) + 1
-        mask[i] = seen[label] % every == 0
-    return mask
-
-
 def _class_folder_splits(
     read, train_dir: str, validation_dir: Optional[str], key: str
 ) -> tuple[dict, dict, list[str]]:
@@ -157,7 +149,7 @@ def _class_folder_splits(
         if v_names != names:
             raise ValueError(f"{validation_dir}: classes {v_names} differ from {train_dir}: {names}")
         return {key: items, "label": labels}, {key: v_items, "label": v_labels}, names
-    mask = _holdout(len(items), labels)
+    mask = balanced_holdout_mask(len(items), labels)
     split = [
         {key: [x for x, m in zip(items, mask) if m == held], "label": [y for y, m in zip(labels, mask) if m == held]}
         for held in (False, True)
@@ -165,28 +157,19 @@ def _class_folder_splits(
     return split[0], split[1], names
 
 
-def _take(split: dict, limit: Optional[int], seed: int) -> dict:
-    """At most ``limit`` examples, a fixed random subset (``seed``), in their original order."""
-    n = len(next(v for k, v in split.items() if k != "classes"))
-    if limit is None or limit >= n:
-        return split
-    keep = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-    return {
-        k: (v if k == "classes" else [v[i] for i in keep] if isinstance(v, list) else v[keep])
-        for k, v in split.items()
-    }
-
-
 # ----------------------------------------------------------------------------------------------------
 # text classification
 
 
-def load_text_classification(args) -> tuple[dict, dict, list[str]]:
-    """``(train, validation, class_names)``; splits hold ``text`` (and ``text_pair``) and ``label``.
+def load_text_classification(args, with_sizes: bool = False) -> tuple:
+    """``(train, evaluation, class_names)`` (and the split sizes with ``with_sizes``: :func:`.splits.task_splits`,
+    which also applies ``--test_size`` / ``--validation_from_train`` / ``--eval_split``); splits hold ``text``
+    (and ``text_pair``) and ``label``.
 
     Sources, first match wins: ``--train_dir`` (a folder of text files per class; ``--validation_dir`` or a
     balanced 1-in-5 holdout), ``--train_file`` / ``--validation_file`` (csv/tsv/json/jsonl with
-    ``--text_column`` and ``--label_column``), ``--dataset_name offline:bbc-news``, ``--task_name`` (GLUE on the
+    ``--text_column`` and ``--label_column``), ``--dataset_name offline:bbc-news`` (``offline:bbc-headlines``: the
+    same topics from the headline alone), ``--task_name`` (GLUE on the
     Hub) or ``--dataset_name`` (any Hub dataset with those columns)."""
     from ..offline.data import bbc_news, read_class_folders
 
@@ -213,10 +196,11 @@ def load_text_classification(args) -> tuple[dict, dict, list[str]]:
                 train_cols[args.text_pair_column],
                 val_cols[args.text_pair_column],
             )
-    elif args.dataset_name == "offline:bbc-news":
+    elif args.dataset_name in ("offline:bbc-news", "offline:bbc-headlines"):
         data = bbc_news()
         names = data["train"]["classes"]
-        train, validation = ({"text": data[s]["text"], "label": data[s]["label"]} for s in ("train", "validation"))
+        column = "headline" if args.dataset_name == "offline:bbc-headlines" else "text"
+        train, validation = ({"text": data[s][column], "label": data[s]["label"]} for s in ("train", "validation"))
     else:
         if args.task_name == "stsb":
             raise ValueError("--task_name stsb is a regression task; this script trains classifiers")
@@ -251,9 +235,8 @@ def load_text_classification(args) -> tuple[dict, dict, list[str]]:
     for split_name, split in (("train", train), ("validation", validation)):
         if not split["label"]:
             raise ValueError(f"the {split_name} split is empty")
-    train = _take(train, args.max_train_samples, args.seed)
-    validation = _take(validation, args.max_eval_samples, 0)
-    return train, validation, names
+    train, evaluation, sizes = task_splits(train, validation, args)
+    return (train, evaluation, names, sizes) if with_sizes else (train, evaluation, names)
 
 
 class TokenizedClassification(torch.utils.data.Dataset):
@@ -297,8 +280,9 @@ def pad_collate(pad_token_id: int):
 # image classification
 
 
-def load_image_classification(args) -> tuple[dict, dict, list[str]]:
-    """``(train, validation, class_names)``; splits hold ``image`` (uint8 arrays H x W [x C] or PIL images)
+def load_image_classification(args, with_sizes: bool = False) -> tuple:
+    """``(train, evaluation, class_names)`` (and the split sizes with ``with_sizes``, as
+    :func:`load_text_classification`); splits hold ``image`` (uint8 arrays H x W [x C] or PIL images)
     and ``label``. Sources: ``--train_dir`` (imagefolder: one sub-folder of images per class;
     ``--validation_dir`` or a 1-in-5 holdout), ``--idx_dir`` (MNIST-format IDX files),
     ``--dataset_name offline:fashion-mnist``, or a Hub ``--dataset_name`` with ``--image_column`` and
@@ -339,9 +323,8 @@ def load_image_classification(args) -> tuple[dict, dict, list[str]]:
         )
         train = {"image": cols["train"][args.image_column], "label": t_labels}
         validation = {"image": cols[args.validation_split][args.image_column], "label": v_labels}
-    train = _take(train, args.max_train_samples, args.seed)
-    validation = _take(validation, args.max_eval_samples, 0)
-    return train, validation, names
+    train, evaluation, sizes = task_splits(train, validation, args)
+    return (train, evaluation, names, sizes) if with_sizes else (train, evaluation, names)
 
 
 def _read_imagefolder(root: str | Path) -> tuple[list, list[int], list[str]]:
@@ -450,7 +433,7 @@ def load_instructions(args) -> tuple[dict, dict]:
     for name, split in (("train", train), ("validation", validation)):
         if not split["output"]:
             raise ValueError(f"the {name} split is empty")
-    return _take(train, args.max_train_samples, args.seed), _take(validation, args.max_eval_samples, 0)
+    return take(train, args.max_train_samples, args.seed), take(validation, args.max_eval_samples, 0)
 
 
 def prompt_text(instruction: str, input_text: str) -> str:
