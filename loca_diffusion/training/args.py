@@ -39,6 +39,7 @@ def build_adapter_config(
     lora_alpha: Optional[float] = None,
     fourierft_scaling: float = 64.0,
     match_budget: bool = False,
+    budget_lora_rank: Optional[int] = None,
     **loca_kwargs,
 ):
     """The peft config of ``adapter`` (``loca``, ``fourierft`` or ``lora``) on ``target_modules``.
@@ -46,10 +47,19 @@ def build_adapter_config(
     ``match_budget=True`` gives the baselines LoCA's trainable-parameter count (``n_frequency`` per
     layer; locations are not counted once frozen, as in the paper): FourierFT gets the same
     ``n_frequency``; LoRA the rank whose ``r * (d_in + d_out)`` summed over the layers is closest.
+    ``budget_lora_rank=R`` sets the budget to a rank-``R`` LoRA's on these layers (the paper's Fig. 4):
+    LoRA gets rank ``R``, LoCA and FourierFT :func:`lora_equivalent_n_frequency` coefficients per layer
+    (``n_frequency`` is then ignored).
     """
     if adapter not in ADAPTERS:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     from peft import FourierFTConfig, LoraConfig
+
+    if budget_lora_rank is not None:
+        if budget_lora_rank < 1:
+            raise ValueError(f"budget_lora_rank must be >= 1, got {budget_lora_rank}")
+        n_frequency = lora_equivalent_n_frequency(model, target_modules, budget_lora_rank)
+        lora_rank, match_budget = budget_lora_rank, False
 
     if adapter == "loca":
         return LoCAConfig(target_modules=target_modules, n_frequency=n_frequency, scaling=scaling, **loca_kwargs)
@@ -69,6 +79,13 @@ def build_adapter_config(
         target_modules=target_modules,
         init_lora_weights="gaussian",
     )
+
+
+def lora_equivalent_n_frequency(model: nn.Module, target_modules: list[str], rank: int) -> int:
+    """Coefficients per layer whose total over the targeted layers is closest to a rank-``rank`` LoRA's
+    ``rank * (d_in + d_out)`` summed over the same layers."""
+    layers = _targeted_linears(model, target_modules)
+    return max(1, round(rank * sum(layer.in_features + layer.out_features for layer in layers) / len(layers)))
 
 
 def trainable_parameter_count(model: nn.Module, count_loca_locations: bool = False) -> int:
@@ -162,6 +179,13 @@ def add_adapter_arguments(
     g.add_argument("--lora_rank", type=int, default=lora_rank, help="LoRA rank (>= 1).")
     g.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
     g.add_argument("--match_budget", action="store_true", help="Give the baseline LoCA's trainable-parameter count.")
+    g.add_argument(
+        "--budget_lora_rank",
+        type=int,
+        default=None,
+        help="Budget of a rank-R LoRA on the targeted layers: LoRA rank R, LoCA / FourierFT the coefficients per "
+        "layer with the same total (overrides --n_frequency and --lora_rank).",
+    )
 
 
 def adapter_config_from_args(args, model: nn.Module):
@@ -185,6 +209,7 @@ def adapter_config_from_args(args, model: nn.Module):
         lora_alpha=args.lora_alpha,
         fourierft_scaling=args.fourierft_scaling,
         match_budget=args.match_budget,
+        budget_lora_rank=getattr(args, "budget_lora_rank", None),
         **(loca_options if args.adapter == "loca" else {}),
     )
 

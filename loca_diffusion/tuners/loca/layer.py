@@ -33,6 +33,15 @@ class NonFiniteLocationsError(ValueError):
     """A location parameter holds NaN or Inf (e.g. after an optimizer step on NaN gradients)."""
 
 
+def initial_location_indices(random_loc_seed: int, layer_name: str, d_out: int, d_in: int, n: int) -> torch.Tensor:
+    """The integer ``(row, col)`` locations (``LongTensor [2, n]``) a layer starts from: distinct cells, uniform
+    at random from ``random_loc_seed`` and the layer's name (one stream per layer: same-shaped layers would
+    otherwise start at identical locations). A saved adapter's starting point can be recomputed from its config."""
+    generator = torch.Generator().manual_seed(int(random_loc_seed) * 1_000_003 + zlib.crc32(layer_name.encode()))
+    flat = torch.randperm(d_out * d_in, generator=generator)[:n]
+    return torch.stack([flat // d_in, flat % d_in])
+
+
 class LoCALayer(BaseTunerLayer):
     """State of the LoCA adapters of one layer, by adapter name.
 
@@ -130,10 +139,7 @@ class LoCALayer(BaseTunerLayer):
                 f"n_frequency={n_frequency} exceeds the {d_out * d_in} entries of {where}; "
                 "lower it or override it for this layer with n_frequency_pattern"
             )
-        # one stream per layer: same-shaped layers would otherwise start at identical locations
-        generator = torch.Generator().manual_seed(int(random_loc_seed) * 1_000_003 + zlib.crc32(layer_name.encode()))
-        flat = torch.randperm(d_out * d_in, generator=generator)[:n_frequency]
-        indices = torch.stack([flat // d_in, flat % d_in])
+        indices = initial_location_indices(random_loc_seed, layer_name, d_out, d_in, n_frequency)
         if init_weights:
             coefficients = torch.zeros(n_frequency)
         else:  # torch's RNG, as in other PEFT methods: reproducible with torch.manual_seed
