@@ -35,12 +35,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
 from bench.machine import machine_info, machine_line  # noqa: E402
+from bench.stats import mean_ci  # noqa: E402
 from loca_diffusion.embedded import BASE_DIR  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -126,22 +128,119 @@ ABLATIONS = {
 }
 
 
+# Issue 18: budgets where locations have time to move. 1,000 optimizer steps, T_s = 100 (10%), the paper's
+# B_a = 10 / B_l = 20, 5 seeds, three lr candidates per method chosen on a validation split carved out of the
+# training data (seed-0 runs with --eval_split validation); the reported seeds 1..5 evaluate on the test split
+# (--eval_split test) and train on the same examples (the validation examples are never trained on). Budgets:
+# a rank-2 LoRA's parameter count on the query/value layers (--budget_lora_rank 2: 1,536 coefficients per layer
+# on MiniLM and the ViT-S/14); the sweep adds rank 1 and 8.
+LONG_STEPS, LONG_T_S, LONG_SEEDS = 1000, 100, 5
+LONG_SCHEDULE = (
+    f"--max_train_steps {LONG_STEPS} --location_training_steps {LONG_T_S} --coefficient_steps 10 "
+    "--location_steps 20 --location_lr 1e-3 --lr_scheduler_type linear --per_device_train_batch_size 16"
+)
+SELECTION_ARGS, FINAL_ARGS = ["--eval_split", "validation"], ["--eval_split", "test"]
+# BBC News has 2,225 articles, fewer than the issue's 2,000 training + 1,000 test: 1,000 are the test split
+# (class-stratified, fixed), 225 of the other 1,225 the validation split, 1,000 train.
+BBC_SPLITS = "--max_length 32 --test_size 1000 --validation_from_train 225"
+BBC_SIZES = "1,000 training / 225 validation / 1,000 test articles (all 2,225)"
+LONG_TEXT_LRS = {
+    "none": [3e-3, 1e-2, 3e-2],  # head only: its one lr is the head's
+    "loca": [3e-3, 1e-2, 3e-2],
+    "fourierft": [3e-3, 1e-2, 3e-2],
+    "lora": [1e-3, 3e-3, 1e-2],
+}
+LONG_METHODS = {"head only (frozen model)": "none", "LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"}
+TASKS["minilm-long"] = dict(
+    script="text_classification_loca.py",
+    title=f"MiniLM-L6 on BBC News topics (5 classes), {BBC_SIZES}, {LONG_STEPS} steps",
+    args=(
+        f"--model_name_or_path offline:minilm --dataset_name offline:bbc-news {BBC_SPLITS} --budget_lora_rank 2 "
+        f"--head_learning_rate 1e-2 {LONG_SCHEDULE}"
+    ).split(),
+    metric="eval_accuracy",
+    methods=LONG_METHODS,
+    lrs=LONG_TEXT_LRS,
+    selection_args=SELECTION_ARGS,
+    final_args=FINAL_ARGS,
+    seeds=LONG_SEEDS,
+    sweep={1: "minilm-long-r1", 2: "minilm-long", 8: "minilm-long-r8"},
+)
+TASKS["bbc-headlines-long"] = dict(
+    TASKS["minilm-long"],
+    title=f"MiniLM-L6 on BBC News topics from the headline alone (5 classes), {BBC_SIZES}, {LONG_STEPS} steps",
+    args=[a.replace("offline:bbc-news", "offline:bbc-headlines") for a in TASKS["minilm-long"]["args"]],
+    sweep=None,
+)
+TASKS["vit-long"] = dict(
+    script="image_classification_loca.py",
+    title=(
+        "ViT-S/14 (DINOv2 layout) on Fashion-MNIST at 56 px: 2,000 training images (a subset per seed), 1,000 "
+        f"validation (carved from the training set), 1,000 test, {LONG_STEPS} steps"
+    ),
+    args=(
+        "--model_name_or_path offline:vit-s14 --dataset_name offline:fashion-mnist --resolution 56 "
+        "--validation_from_train 1000 --max_train_samples 2000 --max_eval_samples 1000 --budget_lora_rank 2 "
+        f"--head_learning_rate 3e-3 {LONG_SCHEDULE}"
+    ).split(),
+    metric="eval_accuracy",
+    methods=LONG_METHODS,
+    lrs={
+        "none": [1e-3, 3e-3, 1e-2],
+        "loca": [3e-3, 1e-2, 3e-2],
+        "fourierft": [3e-3, 1e-2, 3e-2],
+        "lora": [3e-4, 1e-3, 3e-3],
+    },
+    selection_args=SELECTION_ARGS,
+    final_args=FINAL_ARGS,
+    seeds=LONG_SEEDS,
+)
+for _rank in (1, 8):  # the Fig. 4 sweep's other budgets (rank 2 is minilm-long itself)
+    TASKS[f"minilm-long-r{_rank}"] = dict(
+        TASKS["minilm-long"],
+        title=TASKS["minilm-long"]["title"] + f", rank-{_rank} LoRA budget",
+        args=[
+            a if a != "2" or b != "--budget_lora_rank" else str(_rank)
+            for b, a in zip([""] + TASKS["minilm-long"]["args"], TASKS["minilm-long"]["args"])
+        ],  # fmt: skip
+        methods={k: v for k, v in LONG_METHODS.items() if v != "none"},
+        lrs={k: v for k, v in LONG_TEXT_LRS.items() if k != "none"},
+        sweep=None,
+    )
+# the pairs the paper's claims rest on: (claimed better, compared with)
+PAIRS = [("LoCA", "LoRA"), ("LoCA", "FourierFT")]
+ABLATION_REFERENCE = "LoCA (alternating, central differences)"
+
+
+def phase_args(task: dict, seed: int) -> list[str]:
+    """Seed 0 is the lr-selection run (``selection_args``: evaluated on the validation split where the task has
+    one), seeds 1.. the reported runs (``final_args``: the test split)."""
+    return list(task.get("selection_args" if seed == 0 else "final_args", []))
+
+
+def run_command(task: dict, adapter: str, lr: float, seed: int, extra: list[str], out: Path) -> list[str]:
+    """The ``train/*.py`` command line of one run."""
+    args = list(task["args"]) + ["--seed", str(seed), "--output_dir", str(out), "--report_to", "none"]
+    if adapter == "frozen":  # the base model as it is: no step, but the same evaluation
+        args += ["--adapter", "lora", "--max_train_steps", "0", "--learning_rate", "0"]
+    elif adapter == "none":  # head only: the lr searched is the head's
+        args += ["--adapter", "none", "--learning_rate", str(lr), "--head_learning_rate", str(lr)]
+    else:
+        args += ["--adapter", adapter, "--learning_rate", str(lr), "--match_budget"]
+    return [sys.executable, str(ROOT / "train" / task["script"])] + args + phase_args(task, seed) + extra
+
+
 def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], tag: str) -> dict:
     out = WORK / tag
     done = out / "all_results.json"
     if done.is_file():  # resumable: a finished run is not repeated
-        return json.loads(done.read_text())
+        return dict(json.loads(done.read_text()), seed=seed)
     if FINISHED_ONLY:
         return None
     while out.is_dir() and time.time() - out.stat().st_mtime < 1800 and not done.is_file():
         time.sleep(20)  # another driver (e.g. the ablation beside the comparison) is running it right now
     if done.is_file():
-        return json.loads(done.read_text())
-    args = list(task["args"]) + ["--seed", str(seed), "--output_dir", str(out), "--report_to", "none"]
-    if adapter == "frozen":  # the base model as it is: no step, but the same evaluation
-        args += ["--adapter", "lora", "--max_train_steps", "0", "--learning_rate", "0"]
-    else:
-        args += ["--adapter", adapter, "--learning_rate", str(lr)] + (["--match_budget"] if adapter != "none" else [])
+        return dict(json.loads(done.read_text()), seed=seed)
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -150,7 +249,7 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         PYTHONPATH=str(ROOT),
         HF_HUB_OFFLINE="1",
     )
-    command = [sys.executable, str(ROOT / "train" / task["script"])] + args + extra
+    command = run_command(task, adapter, lr, seed, extra, out)
     if task.get("accelerate"):  # as users run it: `accelerate launch` (one CPU process)
         launch = "-m accelerate.commands.launch --num_machines 1 --num_processes 1 --cpu --mixed_precision no"
         command[1:1] = launch.split() + ["--dynamo_backend", "no"]
@@ -169,7 +268,7 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         # device), which turned a concurrent evaluation's adapter parameters into no-ops
         with EVALUATION_LOCK:
             done.write_text(json.dumps(evaluate_cartoonizer(out, wall, usage), indent=2))
-    return json.loads(done.read_text())
+    return dict(json.loads(done.read_text()), seed=seed)
 
 
 def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
@@ -256,13 +355,21 @@ def search_lr(name: str, adapter: str) -> tuple[float, dict]:
         return candidates[0], {}
     search = {lr: run_one(task, adapter, lr, 0, [], f"{name}/{adapter}-lr{lr:g}-s0") for lr in candidates}
     search = {lr: r for lr, r in search.items() if r is not None}
+    if task.get("selection_args"):  # chosen on the validation split, never on the test split
+        wrong = {lr: r.get("eval_split") for lr, r in search.items() if r.get("eval_split") != "validation"}
+        if wrong:
+            raise RuntimeError(f"{name}/{adapter}: selection runs not evaluated on the validation split: {wrong}")
     if len(search) < len(candidates):
         return None, search  # the selection is not finished
     return max(search, key=lambda lr: search[lr][task["metric"]]), search
 
 
-def compare(name: str, seeds: int) -> dict:
-    task = TASKS[name]
+def compare(name: str, seeds: int, adapters: Optional[set[str]] = None) -> dict:
+    """The methods of task ``name`` (only ``adapters`` when given): lr selection, then seeds 1..``seeds``."""
+    task = dict(TASKS[name])
+    if adapters is not None:
+        task["lrs"] = {a: lrs for a, lrs in task["lrs"].items() if a in adapters}
+        task["methods"] = {label: a for label, a in task["methods"].items() if a in adapters}
     metric = task["metric"]
     rows = {}
     seed_range = range(1, seeds + 1)
@@ -326,6 +433,111 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
     return rows
 
 
+def sweep(name: str, seeds: int) -> dict:
+    """The Fig. 4 budget sweep: LoCA, FourierFT and LoRA at each LoRA-rank budget of ``TASKS[name]["sweep"]``
+    (the rank-2 point is the comparison's own runs)."""
+    out = {}
+    for rank, budget_task in sorted(TASKS[name]["sweep"].items()):
+        print(f"-- rank-{rank} budget ({budget_task})", flush=True)
+        out[rank] = dict(task=budget_task, rows=compare(budget_task, seeds, adapters={"loca", "fourierft", "lora"}))
+    return out
+
+
+def by_seed(row: dict, metric: str) -> dict[int, float]:
+    return {r["seed"]: r[metric] for r in row.get("runs", []) if r is not None and "seed" in r}
+
+
+def pair_rows(rows: dict, pairs: list[tuple[str, str]], metric: str) -> list[dict]:
+    """:func:`bench.stats.paired_difference` of each (claimed better, other) pair present in ``rows``."""
+    from bench.stats import paired_difference
+
+    return [
+        dict(better=a, other=b, **paired_difference(by_seed(rows[a], metric), by_seed(rows[b], metric)))
+        for a, b in pairs
+        if a in rows and b in rows
+    ]
+
+
+def pair_table(pairs: list[dict], metric: str, prefix: str = "") -> list[str]:
+    lines = [
+        f"| claim (paper) | seeds | mean difference in {metric} | std | 95% CI (Student t) | label |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        if not p["n"]:
+            lines.append(f"| {prefix}{p['better']} > {p['other']} | 0 | not run yet | | | |")
+            continue
+        lines.append(
+            f"| {prefix}{p['better']} > {p['other']} | {p['n']} | {p['mean']:+.4f} | {p['std']:.4f} | "
+            f"[{p['low']:+.4f}, {p['high']:+.4f}] | {p['label']} |"
+        )
+    return lines
+
+
+def movement(name: str, row: dict, extra: Optional[list[str]] = None) -> Optional[dict]:
+    """Location movement (:mod:`bench.location_movement`) of a LoCA row's finished runs, per layer."""
+    from bench import location_movement as lm
+
+    if row.get("adapter") != "loca" or not row.get("runs"):
+        return None
+    if extra:
+        dirs = [WORK / f"{name}-ablation/{'-'.join(extra[1::2])}-s{r['seed']}" for r in row["runs"]]
+    else:
+        dirs = [WORK / f"{name}/loca-lr{row['lr']:g}-s{r['seed']}" for r in row["runs"]]
+    per_run = [lm.adapter_movement(d) for d in dirs if (d / "adapter_model.safetensors").is_file()]
+    return lm.summarize(per_run) if per_run else None
+
+
+def movement_overview(summaries: dict[str, Optional[dict]]) -> list[str]:
+    """One line per row: the means over layers of the per-layer movement numbers."""
+    lines = [
+        "| method | layers | moved share (mean over layers) | energy share of the moved "
+        "| mean energy moved / unmoved |",
+        "|---|---|---|---|---|",
+    ]
+    for label, summary in summaries.items():
+        if not summary:
+            continue
+        mean = {k: statistics.fmean([v[k] for v in summary.values()]) for k in next(iter(summary.values()))}
+        lines.append(
+            f"| {label} | {len(summary)} | {mean['moved_share']:.3f} | {mean['moved_energy_share']:.3f} | "
+            f"{mean['energy_ratio']:.2f} |"
+        )
+    return lines
+
+
+def sweep_plot(result: dict, metric: str, path: Path) -> None:
+    """Mean ``metric`` with its 95% CI against the budget, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.stats import mean_ci
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label in ("LoCA", "FourierFT", "LoRA"):
+        points = []
+        for rank, point in sorted(result.items()):
+            runs = point["rows"].get(label, {}).get("runs", [])
+            if runs:
+                mean, low, high = mean_ci([r[metric] for r in runs])
+                points.append((rank, mean, mean - low if low == low else 0.0))
+        if points:
+            ranks, means, errors = zip(*points)
+            ax.errorbar(ranks, means, yerr=errors, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(result))
+    ax.set_xticklabels([f"r={r}" for r in sorted(result)])
+    ax.set_xlabel("budget (LoRA-rank equivalent on the query/value layers)")
+    ax.set_ylabel(f"test {metric.removeprefix('eval_')} (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def cpu_cell(values: list) -> str:
     known = [v for v in values if v is not None]
     if not known:
@@ -335,9 +547,9 @@ def cpu_cell(values: list) -> str:
 
 def table(rows: dict, metrics: list[str]) -> list[str]:
     head = (
-        ["method", "lr", "trainable params"]
+        ["method", "lr", "trainable params", "seeds"]
         + [f"{m} (mean ± std)" for m in metrics]
-        + ["train wall s/run", "train CPU s/run", "peak RSS MiB"]
+        + [f"{metrics[0]} 95% CI", "train wall s/run", "train CPU s/run", "peak RSS MiB"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in rows.items():
@@ -347,11 +559,13 @@ def table(rows: dict, metrics: list[str]) -> list[str]:
             continue
         # the untrained row runs a 0-step LoRA (the identity): it trains nothing
         params = 0 if row["adapter"] == "frozen" else runs[0]["trainable_parameters"]
-        cells = [label, f"{row['lr']:g}", f"{params:,}"]
+        cells = [label, f"{row['lr']:g}", f"{params:,}", ",".join(str(r.get("seed", "?")) for r in runs)]
         for m in metrics:
             mean, std = summary([r[m] for r in runs])
             cells.append(f"{mean:.4f} ± {std:.4f}" + (f" (n={len(runs)})" if len(runs) != SEEDS else ""))
+        _, low, high = mean_ci([r[metrics[0]] for r in runs])
         cells += [
+            f"[{low:.4f}, {high:.4f}]" if low == low else "n/a (1 seed)",
             f"{summary([r['train_seconds'] for r in runs])[0]:.1f}",
             cpu_cell([r.get("train_cpu_seconds") for r in runs]),
             f"{max(r['peak_rss_mib'] for r in runs):.0f}",
@@ -360,10 +574,11 @@ def table(rows: dict, metrics: list[str]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    sweeps = [f"{t}-sweep" for t, task in TASKS.items() if task.get("sweep")]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("task", choices=[*TASKS, *[f"{t}-ablation" for t in TASKS]])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("task", choices=[*TASKS, *[f"{t}-ablation" for t in TASKS], *sweeps])
+    p.add_argument("--seeds", type=int, default=None, help="Seeds 1..N per method (default: the task's, else 3).")
     p.add_argument("--jobs", type=int, default=1, help="Runs at once (each one torch thread).")
     p.add_argument("--finished_only", action="store_true", help="Tabulate the finished runs; start none.")
     p.add_argument(
@@ -372,37 +587,83 @@ def main() -> None:
         default=None,
         help="cartoonizer: copy LoCA's seed-1 adapter at the chosen lr to DIR (make assets: assets/adapters/...)",
     )
-    args = p.parse_args()
-    global JOBS, FINISHED_ONLY, SEEDS
-    JOBS, FINISHED_ONLY, SEEDS = args.jobs, args.finished_only, args.seeds
-    torch.set_num_threads(1)
-    name = args.task.removesuffix("-ablation")
+    args = p.parse_args(argv)
+    name = args.task.removesuffix("-ablation").removesuffix("-sweep")
     task = TASKS[name]
-    metrics = task.get("metrics") or (
-        [task["metric"], "eval_loss"] + (["eval_macro_f1"] if task["metric"] == "eval_accuracy" else [])
-    )
-    if args.task.endswith("-ablation"):
+    global JOBS, FINISHED_ONLY, SEEDS
+    JOBS, FINISHED_ONLY = args.jobs, args.finished_only
+    SEEDS = args.seeds or task.get("seeds", 3)
+    torch.set_num_threads(1)
+    metric = task["metric"]
+    metrics = task.get("metrics") or ([metric, "eval_loss"] + (["eval_macro_f1"] if metric == "eval_accuracy" else []))
+    extra_lines: list[str] = []
+    record: dict = {}
+    if args.task.endswith("-sweep"):
+        result = sweep(name, SEEDS)
+        record["sweep"] = {str(k): v for k, v in result.items()}
+        title = f"Budget sweep (Fig. 4): {task['title']}"
+        rows = {}
+        for rank, point in result.items():
+            for label, row in point["rows"].items():
+                rows[f"{label} (rank-{rank} budget)"] = row
+        pairs = []
+        for rank, point in result.items():
+            pairs += [dict(p, rank=rank) for p in pair_rows(point["rows"], PAIRS, metric)]
+        record["pairs"] = pairs
+        plot = RESULTS / f"{args.task}.png"
+        sweep_plot(result, metric, plot)
+        extra_lines += ["## Paired differences by budget (seeds paired; CI over seeds)", ""]
+        for rank in result:
+            extra_lines += pair_table([p for p in pairs if p["rank"] == rank], metric, prefix=f"rank {rank}: ")
+            extra_lines.append("")
+        extra_lines += [f"![budget sweep]({plot.name})", ""]
+    elif args.task.endswith("-ablation"):
         lr = search_lr(name, "loca")[0]  # the comparison's choice (same cached seed-0 runs)
         if lr is None:
             sys.exit("LoCA's lr selection runs are not finished: run the comparison first")
-        rows = ablate(name, args.seeds, lr)
+        rows = ablate(name, SEEDS, lr)
         title = f"Table 5 ablations: {task['title']} (LoCA lr {lr:g})"
+        if task.get("final_args"):  # the issue-18 tasks: paired differences and location movement
+            variants = [label for label in rows if label != ABLATION_REFERENCE]
+            record["pairs"] = pair_rows(rows, [(ABLATION_REFERENCE, v) for v in variants], metric)
+            moves = {label: movement(name, row, row.get("extra")) for label, row in rows.items()}
+            record["movement"] = moves
+            extra_lines += ["## Learned locations vs each variant (paired by seed)", ""]
+            extra_lines += pair_table(record["pairs"], metric) + [""]
+            extra_lines += ["## How far the locations moved (final vs initial integer cell)", ""]
+            extra_lines += movement_overview(moves) + [""]
     else:
-        rows = compare(name, args.seeds)
+        rows = compare(name, SEEDS)
         title = task["title"]
+        if task.get("final_args"):
+            record["pairs"] = pair_rows(rows, PAIRS, metric)
+            extra_lines += ["## LoCA vs the baselines (paired by seed)", ""]
+            extra_lines += pair_table(record["pairs"], metric) + [""]
+            moves = movement(name, rows.get("LoCA", {}))
+            record["movement"] = moves
+            if moves:
+                from bench.location_movement import table as movement_table
+
+                extra_lines += ["## How far LoCA's locations moved, per layer (final vs initial integer cell)", ""]
+                extra_lines += movement_table(moves) + [""]
     if args.ship:
         ship_adapter(name, rows, Path(args.ship))
     info = machine_info(torch.device("cpu"))
     out = RESULTS / args.task
+    command = f"nice -n 19 python -m bench.task_comparison {args.task}" + (
+        f" --seeds {args.seeds}" if args.seeds else ""
+    )
     out.with_suffix(".json").write_text(
         json.dumps(
             {
                 "task": args.task,
                 "title": title,
+                "command": command,
                 "args": task["args"],
                 "machine": info,
-                "seeds": args.seeds,
+                "seeds": SEEDS,
                 "rows": rows,
+                **record,
             },
             indent=2,
         )
@@ -410,13 +671,19 @@ def main() -> None:
     lines = [
         f"# {title}",
         "",
-        f"Command: `nice -n 19 python bench/task_comparison.py {args.task}`",
+        f"Command: `{command}`",
         "",
-        f"Settings: `{' '.join(task['args'])}`; seeds 1..{args.seeds} at the lr chosen with seed 0 "
-        f"(lr candidates per method: {json.dumps({k: v for k, v in task['lrs'].items()})}).",
+        f"Settings: `{' '.join(task['args'])}`; seeds 1..{SEEDS} at the lr chosen with seed 0 "
+        f"(lr candidates per method: {json.dumps({k: v for k, v in task['lrs'].items()})})"
+        + (
+            f"; selection runs `{' '.join(task['selection_args'])}`, reported runs `{' '.join(task['final_args'])}`."
+            if task.get("final_args")
+            else "."
+        ),
         "",
         *table(rows, metrics),
         "",
+        *extra_lines,
         machine_line(info),
         "",
     ]
