@@ -7,6 +7,14 @@ on real pretrained models that install offline (issue 10), and the paper's Table
     nice -n 19 python bench/task_comparison.py smollm2           # SmolLM2-135M on BBC headline generation
     nice -n 19 python bench/task_comparison.py cartoonizer       # the embedded InstructPix2Pix's cartoon adapter
     nice -n 19 python bench/task_comparison.py cartoonizer-ablation  # V1 (fixed random locations) there
+    nice -n 19 python -m bench.task_comparison minilm-long --jobs 2   # issue 18: 1,000 steps, 5 seeds, val/test
+    nice -n 19 python -m bench.task_comparison minilm-long-ablation   # (also bbc-headlines-long, vit-long)
+    nice -n 19 python -m bench.task_comparison minilm-long-sweep      # Fig. 4: rank-1/2/8 budgets, plot
+
+The issue-18 tasks (``*-long``) choose each method's lr among three on a validation split carved out of the
+training data (the seed-0 runs, ``--eval_split validation``) and report seeds 1..5 on the test split; their
+results add the paired-by-seed differences with a 95% CI (``bench/stats.py``) and, for LoCA, how far the
+locations moved (``bench/location_movement.py``).
 
 Every run is one ``train/*.py`` process with one torch thread and the same step count (``--jobs N`` runs N at
 once). Learning rates: the classifier head has one fixed lr in every method (so only the adapter differs); each
