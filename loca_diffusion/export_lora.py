@@ -24,7 +24,7 @@ from typing import Optional, Union
 
 import torch
 
-from .loaders.adapter_files import PEFT_PREFIX, _write_diffusers_lora, read_loca_adapter
+from .loaders.adapter_files import PEFT_PREFIX, _write_diffusers_lora, read_loca_adapter, save_safetensors
 from .tuners.loca.ops import delta_weight
 
 
@@ -129,7 +129,6 @@ def export_lora(
         diffusers_prefix: the pipeline component of diffusers' LoRA file (``None``: no such file).
     """
     from peft import LoraConfig
-    from safetensors.torch import save_file
 
     config, layers = export_layers(adapter, rank=rank, energy=energy)
     top = max(layer.rank for layer in layers)
@@ -149,7 +148,7 @@ def export_lora(
         state_dict[f"{PEFT_PREFIX}{layer.name}.lora_B.weight"] = layer.lora_B
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(state_dict, directory / "adapter_model.safetensors", metadata={"format": "pt"})
     lora_config.save_pretrained(str(directory))
     if diffusers_prefix:
         _write_diffusers_lora(state_dict, lora_config, directory, diffusers_prefix)

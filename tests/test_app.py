@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -303,6 +304,38 @@ def test_bad_inputs_get_a_clear_error_not_a_traceback(env, tmp_path, case, messa
     assert message in text and "Traceback" not in text and 'File "' not in text
     # the app keeps serving
     assert np.array_equal(pixels(edit(env)[0]), direct(env))
+
+
+def test_refused_requests_log_one_line_and_internal_errors_their_traceback(env, capfd, caplog, monkeypatch):
+    # issue 17 item 10: the server log printed a full traceback for every refused request (gradio prints one for
+    # each gr.Error unless it says print_exception=False), burying the tracebacks of real failures
+    caplog.set_level(logging.INFO, logger="loca_app")
+    capfd.readouterr()
+    refusals = {
+        "selected twice": {"adapter": "cartoon", "mix": "cartoon"},  # the app's own checks
+        "Write an instruction": {"instruction": "   "},
+        "maximum value 100": {"steps": 500},  # gradio's component checks (Number, Dropdown)
+        "not in the list of choices": {"adapter": "no-such-adapter"},
+    }
+    for message, kwargs in refusals.items():
+        caplog.clear()
+        with pytest.raises(AppError, match=message):
+            edit(env, **kwargs)
+        server_log = capfd.readouterr().err + caplog.text
+        assert "Traceback" not in server_log and 'File "' not in server_log, server_log
+        lines = [r.getMessage() for r in caplog.records if r.name == "loca_app"]
+        assert len(lines) == 1 and message in lines[0] and "\n" not in lines[0], lines
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the engine")
+
+    monkeypatch.setattr(env.engine, "edit", broken)
+    caplog.clear()
+    with pytest.raises(AppError, match="the server log has the details"):
+        edit(env)
+    server_log = capfd.readouterr().err + caplog.text
+    assert server_log.count("Traceback (most recent call last)") == 1, server_log  # the bug's, once
+    assert "RuntimeError: a bug in the engine" in server_log and "in broken" in server_log
 
 
 def test_upload_over_the_server_cap_is_refused(env, tmp_path):

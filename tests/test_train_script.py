@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -402,3 +403,41 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_pix2pix_dir, pairs,
         torch.testing.assert_close(result[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
     moved = [k for k in reference if k.endswith("loca_continuous_locations")]
     assert moved  # the locations were trained in this run
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 17 item 8: one final validation, no deprecation warning, ordinary file modes, one-line flag errors
+
+
+def test_a_run_validates_once_per_step_without_warnings_and_writes_ordinary_files(tiny_pix2pix_dir, pairs, tmp_path):
+    out = tmp_path / "once"
+    # --validation_steps 2 divides the run's 2 steps: the step-2 validation is also the final one
+    args = common_args(tiny_pix2pix_dir, pairs, out, 2) + ["--validation_steps", "2", "--adapter", "lora"]
+    previous = os.umask(0o022)  # the child inherits it: files must get 0666 & ~umask, as any other program's
+    try:
+        output = ok(run(args))
+    finally:
+        os.umask(previous)
+    assert output.count("Running validation at step 2") == 1, output[-4000:]
+    assert (out / "samples.png").is_file() and (out / "validation" / "step-000002.png").is_file()
+    # transformers' / diffusers' torch_dtype deprecation: the validation pipeline passes dtype; diffusers' advice
+    # to "set `torch_dtype` in `from_pretrained()`" after a .to(dtype) cast: the components load in their dtype
+    assert "FutureWarning" not in output and "torch_dtype" not in output, output[-4000:]
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    for name in ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter_config.json"):
+        assert name in modes, sorted(modes)
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.mark.parametrize("launcher", [False, True])
+def test_a_bad_flag_value_is_one_error_line_without_the_usage_text(tmp_path, launcher):
+    out = tmp_path / "never-created"
+    args = ["--train_data_dir", str(tmp_path), "--output_dir", str(out), "--resolution", "60"]
+    result = run(args, launcher=launcher, timeout=120)
+    assert result.returncode != 0
+    assert "usage:" not in result.stdout + result.stderr, result.stderr[:3000]
+    errors = [line for line in result.stderr.splitlines() if "--resolution must be a positive multiple of 8" in line]
+    if not launcher:  # accelerate launch repeats a failed child's stderr in its own CalledProcessError
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == errors and len(errors) == 1
+    assert errors, result.stderr[-3000:]
+    assert not out.exists()

@@ -58,7 +58,7 @@ from loca_diffusion.training import (
     trainable_parameter_count,
     write_model_card,
 )
-from loca_diffusion.training.args import adapter_config_from_args, add_adapter_arguments
+from loca_diffusion.training.args import ScriptArgumentParser, adapter_config_from_args, add_adapter_arguments
 from loca_diffusion.training.loop import training_loop
 from loca_diffusion.training.pix2pix import location_heatmap
 
@@ -70,7 +70,7 @@ PAPER_LOCATION_TRAINING_STEPS = 1200
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's flags (diffusers' names where diffusers has the same flag), each with help and default."""
-    p = argparse.ArgumentParser(
+    p = ScriptArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     # model
@@ -323,17 +323,18 @@ def check_inputs(args: argparse.Namespace) -> Optional[Path]:
     return resume
 
 
-def load_components(args):
-    """The frozen InstructPix2Pix parts; a Hub id without network fails fast with what to do instead."""
+def load_components(args, weight_dtype: torch.dtype):
+    """The frozen InstructPix2Pix parts in ``weight_dtype`` (loaded so, not cast after: diffusers keeps the modules
+    a model marks fp32 in fp32); a Hub id without network fails fast with what to do instead."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from loca_diffusion.hub import resolve_local_or_hub
 
     root = resolve_local_or_hub(args.pretrained_model_name_or_path, revision=args.revision, cache_dir=args.cache_dir)
-    common = {"revision": args.revision}
     noise_scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
-    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **common)
+    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", revision=args.revision)
+    common = {"revision": args.revision, "dtype": weight_dtype}
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", variant=args.variant, **common)
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", variant=args.variant, **common)
     unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", variant=args.variant, **common)
@@ -357,7 +358,7 @@ def run_validation(args, accelerator, unet, vae, text_encoder, tokenizer, root, 
         tokenizer=tokenizer,
         safety_checker=None,
         requires_safety_checker=False,
-        torch_dtype=weight_dtype,
+        dtype=weight_dtype,
         revision=args.revision,
         variant=args.variant,
     ).to(accelerator.device)
@@ -440,16 +441,14 @@ def main(argv=None) -> None:
     )
 
     # 2. Frozen base model; only the adapter trains (and stays fp32 under mixed precision).
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     try:
-        root, noise_scheduler, tokenizer, text_encoder, vae, unet = load_components(args)
+        root, noise_scheduler, tokenizer, text_encoder, vae, unet = load_components(args, weight_dtype)
     except HubUnavailableError as error:
         fail(str(error))
     for module in (vae, text_encoder, unet):
         module.requires_grad_(False)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    vae.to(accelerator.device, dtype=weight_dtype)
-    text_encoder.to(accelerator.device, dtype=weight_dtype)
-    unet.to(accelerator.device, dtype=weight_dtype)
+        module.to(accelerator.device)
     try:  # a wrong --target_modules / --n_frequency is the user's: one line, no traceback
         adapter_config = adapter_config_from_args(args, unet)
         unet.add_adapter(adapter_config)
@@ -584,8 +583,13 @@ def main(argv=None) -> None:
             args.conditioning_dropout_prob, weight_dtype,
         )  # fmt: skip
 
+    validated = {}  # step -> grid: a step's adapter is validated once (steps, epochs and the final validation)
+
     def validate(step):
-        run_validation(
+        if step in validated:
+            return
+        validated.clear()
+        validated[step] = run_validation(
             args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, step, weight_dtype
         )
 
@@ -631,9 +635,8 @@ def main(argv=None) -> None:
             instruction=args.validation_prompt,
         )
         write_model_card(args.output_dir, **card)  # before the final validation: a card even if it fails
-        grid = run_validation(
-            args, accelerator, unet, vae, text_encoder, tokenizer, root, validation_image, global_step, weight_dtype
-        )
+        validate(global_step)  # unless --validation_steps / --validation_epochs just did
+        grid = validated[global_step]
         grid.save(Path(args.output_dir) / "samples.png")
         card["sample_grid"] = "samples.png"
         if args.adapter == "loca":

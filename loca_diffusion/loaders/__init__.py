@@ -27,6 +27,7 @@ from .adapter_files import (
     LoCAAdapter,
     load_loca_state_dict,
     read_loca_adapter,
+    save_safetensors,
     to_model_keys,
     write_loca_adapter,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "read_loca_adapter",
     "write_loca_adapter",
     "load_loca_state_dict",
+    "save_safetensors",
     "to_model_keys",
     "ADAPTER_CONFIG_NAME",
     "LOCA_WEIGHTS_NAME",

@@ -99,6 +99,27 @@ def _read_config(config_path: str) -> LoCAConfig:
     return _config_from_dict(data, f"'{config_path}'")
 
 
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Union[str, os.PathLike], metadata: Optional[dict[str, str]] = None
+) -> None:
+    """``safetensors.torch.save_file``, with the mode every other written file gets (0666 less the umask).
+
+    safetensors 0.8 writes through a private temporary file, so its files come out 0600 where the JSON and
+    pictures next to them are 0644. This serialises in memory, writes a temporary file in the same folder
+    with plain ``open`` (which honours the umask) and renames it over ``path``: as atomic as ``save_file``.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(save(tensors, metadata=metadata))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _check_state_dict(state_dict: Any, source: str) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{source} does not hold a tensor state dict")
@@ -358,9 +379,7 @@ def write_loca_adapter(
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     if safe_serialization:
-        from safetensors.torch import save_file
-
-        save_file(state_dict, str(directory / LOCA_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_safetensors(state_dict, directory / LOCA_WEIGHTS_NAME, metadata={"format": "pt"})
     else:
         torch.save(state_dict, directory / LOCA_PICKLE_WEIGHTS_NAME)
     config.save_pretrained(str(directory), auto_mapping_dict=auto_mapping)
@@ -372,13 +391,11 @@ def write_loca_adapter(
 def _write_diffusers_lora(state_dict: dict, config, directory: Path, prefix: str) -> None:
     """diffusers' LoRA file: ``<prefix>.<module>...`` keys and the LoRA config under ``<prefix>.<field>`` in the
     header (what ``load_lora_weights`` rebuilds the ``LoraConfig`` from: rank, alpha, targets)."""
-    from safetensors.torch import save_file
-
     tensors = {f"{prefix}.{key.removeprefix(PEFT_PREFIX)}": value for key, value in state_dict.items()}
     fields = {key: sorted(value) if isinstance(value, set) else value for key, value in config.to_dict().items()}
     metadata = {f"{prefix}.{key}": value for key, value in fields.items()}
-    save_file(
+    save_safetensors(
         tensors,
-        str(directory / DIFFUSERS_LORA_WEIGHTS_NAME),
+        directory / DIFFUSERS_LORA_WEIGHTS_NAME,
         metadata={"format": "pt", _DIFFUSERS_LORA_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)},
     )

@@ -19,6 +19,17 @@ ADAPTERS = ("loca", "fourierft", "lora")
 UNET_ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
+class ScriptArgumentParser(argparse.ArgumentParser):
+    """The train/ scripts' parser: a wrong flag or value is one ``prog: error: ...`` line (exit status 2).
+
+    argparse prints the whole usage before the error, which for a script with 70 flags is 60 lines that bury
+    the one that matters (and ``accelerate launch`` repeats the child's stderr when it fails); ``--help``
+    still prints it all."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _targeted_linears(model: nn.Module, target_modules: list[str]) -> list[nn.Linear]:
     found = []
     for name, module in model.named_modules():

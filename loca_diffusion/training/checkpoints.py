@@ -52,15 +52,13 @@ def save_adapter(
     the PEFT layout that ``PeftModel.from_pretrained`` and ``pipe.load_loca`` read, plus diffusers' LoRA file
     for ``pipe.load_lora_weights``). ``live_state=True`` also writes the LoCA training state (continuous
     locations, frozen flags) for an exact resume. ``base_model_name_or_path`` goes into the adapter config."""
-    from safetensors.torch import save_file
-
-    from ..loaders import write_loca_adapter
+    from ..loaders import save_safetensors, write_loca_adapter
 
     target = write_loca_adapter(model, directory, adapter_name, base_model_name_or_path=base_model_name_or_path)
     if live_state:
         live = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if ".loca_" in k}
         if live:
-            save_file(live, str(target / LIVE_STATE_FILE))
+            save_safetensors(live, target / LIVE_STATE_FILE)
     return target
 
 
@@ -227,7 +225,9 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def register_trainable_checkpoint_hooks(accelerator, model: nn.Module) -> None:
     """``accelerator.save_state`` / ``load_state`` write and read :func:`trainable_state` (adapter and head)
     instead of the full model."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from ..loaders import save_safetensors
 
     def is_model(m) -> bool:
         return accelerator.unwrap_model(m) is accelerator.unwrap_model(model)
@@ -236,8 +236,8 @@ def register_trainable_checkpoint_hooks(accelerator, model: nn.Module) -> None:
         if accelerator.is_main_process:
             for m in models:
                 if is_model(m):
-                    save_file(
-                        trainable_state(accelerator.unwrap_model(m)), str(Path(output_dir) / TRAINABLE_STATE_FILE)
+                    save_safetensors(
+                        trainable_state(accelerator.unwrap_model(m)), Path(output_dir) / TRAINABLE_STATE_FILE
                     )
         while weights:
             weights.pop()

@@ -349,14 +349,13 @@ def save_outputs(
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
     if accelerator.is_main_process:
-        from safetensors.torch import save_file
-
+        from ..loaders import save_safetensors
         from .checkpoints import save_adapter
 
         unwrapped = accelerator.unwrap_model(model)
         out = Path(args.output_dir)
         if args.adapter == "none":
-            save_file(trainable_state(unwrapped), str(out / "head_model.safetensors"))
+            save_safetensors(trainable_state(unwrapped), out / "head_model.safetensors")
         else:
             save_adapter(unwrapped, out)
         (out / "all_results.json").write_text(json.dumps(results, indent=2))
