@@ -1,7 +1,7 @@
 # Developer entry points. `make demo` serves the web app on the embedded model (offline); `make edit`
 # writes a before/after grid of the example photos; `make test` builds .venv (CPU torch) and runs the
 # test suite; `make lint` runs ruff; `make quickstart` runs the README's quickstart; `make assets`
-# rebuilds the embedded model from scratch (about 2 h on 2 CPU cores). GPU users: install the CUDA
+# rebuilds the embedded model from scratch (about 3 h on 2 free CPU cores). GPU users: install the CUDA
 # build of torch in the venv first (TORCH="torch") or override TORCH with the build you want.
 #
 # Two stamps, one .venv: $(APP_STAMP) (`make venv-app`) is what the app, the edit CLI and the quickstart
@@ -82,10 +82,14 @@ edit: $(APP_STAMP)
 
 # The embedded default, stage by stage (each resumes from build/embedded/<stage>/ when re-run; logs in
 # build/embedded/*.log). The decoder fine-tuning and the UNet run side by side (one thread each).
-# The cartoon pairs use the style of loca_diffusion.embedded.edits.CARTOON_STYLE.
+# The cartoon pairs use the style of loca_diffusion.embedded.edits.CARTOON_STYLE. The UNet stage (attention
+# from the 16 x 16 level, base edits + the parts of a cartoon) is ~105 min of one free thread.
+# The photos: packages (scikit-image, scikit-learn, matplotlib) and Debian's opencv-doc (needs root).
 EMB := build/embedded
 PRETRAIN := OMP_NUM_THREADS=1 $(BIN)/python train/pretrain_tiny_pix2pix.py
 assets: $(STAMP)
+	test -d /usr/share/doc/opencv-doc/examples/data || (apt-get update -qq && apt-get install -y -qq opencv-doc) \
+		|| { echo "error: the embedded photo set needs Debian's opencv-doc: run 'apt-get install opencv-doc' as root" >&2; exit 1; }
 	mkdir -p $(EMB)
 	$(PRETRAIN) --stage vae > $(EMB)/vae.log 2>&1
 	$(PRETRAIN) --stage decoder > $(EMB)/decoder.log 2>&1 & pid=$$!; \
