@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from ..tuners.loca.layer import iter_loca_layers
 from ..tuners.loca.schedule import LoCASchedule
+from ..tuners.loca.utils import iter_loca_layers
 from .args import adapter_config_from_args, trainable_parameter_count
 from .cards import write_task_model_card
 from .checkpoints import (
