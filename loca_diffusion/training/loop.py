@@ -25,7 +25,7 @@ from .checkpoints import (
     checkpoint_global_step,
     epoch_batches,
     latest_checkpoint,
-    register_trainable_checkpoint_hooks,
+    register_checkpoint_hooks,
     save_checkpoint,
     trainable_state,
 )
@@ -270,7 +270,7 @@ def train(
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
-    register_trainable_checkpoint_hooks(accelerator, model)
+    register_checkpoint_hooks(accelerator, model, contents="trainable")
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )
