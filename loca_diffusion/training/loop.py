@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -84,6 +84,16 @@ def head_module_names(model: nn.Module, candidates: tuple[str, ...] = ("classifi
     """The task head(s) of a transformers model that train with the adapter (``classifier`` for BERT, RoBERTa,
     ViT and DINOv2; ``score`` for decoder classifiers)."""
     return [c for c in candidates if any(name == c or name.endswith("." + c) for name, _ in model.named_modules())]
+
+
+def label_config(label_names: Sequence[str]) -> dict:
+    """``from_pretrained`` keywords that give a classifier a head for ``label_names``: ``num_labels``,
+    ``id2label`` and ``label2id``."""
+    return dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
 
 
 def apply_adapter(args, model: nn.Module, modules_to_save: Optional[list[str]] = None) -> tuple[nn.Module, int]:
