@@ -69,7 +69,7 @@ class _FSDPLike(nn.Module):
 
 def test_iter_loca_layers_sees_through_ddp_and_fsdp_wrappers():
     from loca_diffusion import iter_loca_layers
-    from loca_diffusion.tuners.loca.layer import get_wrapped_submodule, set_wrapped_submodule
+    from loca_diffusion.tuners.loca.utils import get_wrapped_submodule, set_wrapped_submodule
 
     model = peft(SPECS["mlp"], init_weights=False)
     plain = [(name, id(layer)) for name, layer in iter_loca_layers(model)]

@@ -212,7 +212,8 @@ def test_initial_locations_are_those_of_a_fresh_layer():
     from peft import get_peft_model
 
     from loca_diffusion.tuners.loca.config import LoCAConfig
-    from loca_diffusion.tuners.loca.layer import initial_location_indices, iter_loca_layers
+    from loca_diffusion.tuners.loca.layer import initial_location_indices
+    from loca_diffusion.tuners.loca.utils import iter_loca_layers
 
     model = nn.Sequential()
     model.add_module("query", nn.Linear(12, 10))

@@ -165,6 +165,30 @@ def test_model_card_per_adapter_type(tmp_path, adapter, title, usage, foreign):
         write_model_card(tmp_path, "base", "LOCA", {}, 1)
 
 
+@pytest.mark.parametrize("contents, saved", [("adapter", "adapter/loca_training_state.safetensors"),
+                                              ("trainable", "trainable_state.safetensors")])  # fmt: skip
+def test_checkpoint_hooks_save_and_restore_only_their_contents(tmp_path, contents, saved):
+    from accelerate import Accelerator
+
+    from loca_diffusion.training import register_checkpoint_hooks
+
+    accelerator = Accelerator(cpu=True)
+    model = get_peft_model(Attn(), LoCAConfig(target_modules=TARGETS, n_frequency=8, init_weights=False))
+    model = accelerator.prepare(model)
+    register_checkpoint_hooks(accelerator, model, contents=contents)
+    layer = model.base_model.model.to_q
+    expected = layer.loca_coefficients["default"].detach().clone()
+    accelerator.save_state(str(tmp_path / "checkpoint"))
+    assert (tmp_path / "checkpoint" / saved).is_file()
+    assert not list((tmp_path / "checkpoint").glob("model*.safetensors"))  # not the full model
+    with torch.no_grad():
+        layer.loca_coefficients["default"].zero_()
+    accelerator.load_state(str(tmp_path / "checkpoint"))
+    torch.testing.assert_close(layer.loca_coefficients["default"], expected)
+    with pytest.raises(ValueError, match="contents"):
+        register_checkpoint_hooks(accelerator, model, contents="everything")
+
+
 def test_lora_rank_zero_is_an_error():
     model = nn.Sequential(Attn())
     assert build_adapter_config("lora", model, TARGETS, lora_rank=None).r == 4

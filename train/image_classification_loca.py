@@ -31,6 +31,7 @@ from loca_diffusion.training.loop import (
     apply_adapter,
     exit_on_data_error,
     head_module_names,
+    label_config,
     make_accelerator,
     make_dataloaders,
     save_outputs,
@@ -79,11 +80,7 @@ def main(argv=None) -> None:
 
     path = exit_on_data_error(resolve_model, args.model_name_or_path)
     model = AutoModelForImageClassification.from_pretrained(
-        path,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        ignore_mismatched_sizes=True,
+        path, **label_config(label_names), ignore_mismatched_sizes=True
     )
     try:
         processor = AutoImageProcessor.from_pretrained(path)

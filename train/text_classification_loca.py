@@ -34,6 +34,7 @@ from loca_diffusion.training.loop import (
     apply_adapter,
     exit_on_data_error,
     head_module_names,
+    label_config,
     make_accelerator,
     make_dataloaders,
     save_outputs,
@@ -76,12 +77,7 @@ def main(argv=None) -> None:
 
     path = exit_on_data_error(resolve_model, args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, **label_config(label_names))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..tuners.loca import LoCAConfig
-from ..tuners.loca.layer import iter_loca_layers, set_wrapped_submodule
+from ..tuners.loca.utils import iter_loca_layers, set_wrapped_submodule
 from .adapter_files import LoCAAdapter, to_model_keys
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""The model card (``README.md``) written next to a trained adapter."""
+"""The model card (``README.md``) written next to a trained adapter: one writer, :func:`write_card`, and what
+differs per script passed to it by :func:`write_model_card` (InstructPix2Pix) and :func:`write_task_model_card`
+(the task scripts)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,63 @@ DEFAULT_CARD_INSTRUCTION = "Change the natural image to a cartoon-style image."
 ADAPTER_TITLES = {"loca": "LoCA", "lora": "LoRA", "fourierft": "FourierFT"}
 
 
+def write_card(
+    output_dir: str | Path,
+    *,
+    base_model: str,
+    tags: list[str],
+    title: str,
+    facts: list[str],
+    usage: str,
+    sections: list[tuple[str, str]],
+    datasets: Optional[list[str]] = None,
+    metrics: Optional[dict] = None,
+) -> Path:
+    """Write ``README.md`` in ``output_dir``: the one model-card writer of the training scripts.
+
+    Args:
+        output_dir: Where the card goes (next to the adapter).
+        base_model: The base model's id or path, for the front matter and the first fact.
+        tags: The front matter's tags.
+        title: The card's ``#`` heading.
+        facts: Bullet lines after ``- Base model: ...`` (without the ``- ``).
+        usage: The ``## Use`` snippet: Python that loads the adapter (a ``python`` code block).
+        sections: ``(heading, body)`` pairs written, in order, after the snippet.
+        datasets: Hub datasets for the front matter (local data is not named there).
+        metrics: An ``## Evaluation`` table before the snippet: every ``eval_*`` entry, floats to 4 decimals.
+
+    Returns:
+        The card's path.
+    """
+    lines = ["---", f"base_model: {base_model}", "library_name: peft"]
+    if datasets:
+        lines.append(f"datasets: [{', '.join(datasets)}]")
+    lines += [f"tags: [{', '.join(tags)}]", "---", "", f"# {title}", "", f"- Base model: `{base_model}`"]
+    lines += [f"- {fact}" for fact in facts] + [""]
+    if metrics is not None:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [
+            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in metrics.items()
+            if k.startswith("eval_")
+        ]
+        lines.append("")
+    lines += ["## Use", "", "```python", usage.strip(), "```", ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.strip(), ""]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def hyperparameters_section(hyperparameters: dict) -> tuple[str, str]:
+    """The cards' ``Hyperparameters`` section: ``hyperparameters`` as sorted JSON, written as given (leave
+    secrets out)."""
+    return "Hyperparameters", "\n".join(
+        ["```json", json.dumps(hyperparameters, indent=2, sort_keys=True, default=str), "```"]
+    )
+
+
 def write_model_card(
     output_dir: str | Path,
     base_model: str,
@@ -56,52 +115,38 @@ def write_model_card(
     heatmap: Optional[str] = None,
     instruction: str = DEFAULT_CARD_INSTRUCTION,
 ) -> Path:
-    """``README.md`` of a trained ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model, training
-    data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
+    """``README.md`` of a trained InstructPix2Pix ``adapter`` (``loca``, ``lora`` or ``fourierft``): base model,
+    training data (a Hub ``dataset_name`` goes into the card's metadata; a local ``train_data_dir`` does not), how
     to load it with that adapter's own loader and edit a photo with ``instruction``, hyperparameters,
     parameter count, pictures.
     ``hyperparameters`` is written as given: leave secrets out."""
     if adapter not in ADAPTERS:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     title = ADAPTER_TITLES[adapter]
-    front = ["---", f"base_model: {base_model}", "library_name: peft"]
-    if dataset_name:
-        front.append(f"datasets: [{dataset_name}]")
-    front += [f"tags: [{adapter}, instruct-pix2pix, diffusers, peft, image-to-image]", "---"]
     if dataset_name:
         data = f"the Hub dataset `{dataset_name}`"
     else:
         data = f"a local pair folder (`{train_data_dir}`)" if train_data_dir else "not recorded"
     counted = " (coefficients; the frozen integer locations are not counted)" if adapter == "loca" else ""
-    lines = front + [
-        "",
-        f"# {title} adapter for InstructPix2Pix",
-        "",
-        f"- Base model: `{base_model}`",
-        f"- Training data: {data}",
-        f"- Adapter: {title} on the UNet attention projections",
-        f"- Trainable parameters{counted}: {trainable_parameters:,}",
-        "",
-        "## Use",
-        "",
-        "```python",
-        *(line.format(base=base_model, instruction=instruction) for line in _CARD_USAGE[adapter]),
-        "```",
-        "",
-        "## Hyperparameters",
-        "",
-        "```json",
-        json.dumps(hyperparameters, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
+    sections = [hyperparameters_section(hyperparameters)]
     if sample_grid:
-        lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
+        sections.append(("Samples", f"![samples]({sample_grid})"))
     if heatmap:
-        lines += ["## Learned frequency locations", "", f"![locations]({heatmap})", ""]
-    path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+        sections.append(("Learned frequency locations", f"![locations]({heatmap})"))
+    return write_card(
+        output_dir,
+        base_model=base_model,
+        tags=[adapter, "instruct-pix2pix", "diffusers", "peft", "image-to-image"],
+        datasets=[dataset_name] if dataset_name else None,
+        title=f"{title} adapter for InstructPix2Pix",
+        facts=[
+            f"Training data: {data}",
+            f"Adapter: {title} on the UNet attention projections",
+            f"Trainable parameters{counted}: {trainable_parameters:,}",
+        ],
+        usage="\n".join(line.format(base=base_model, instruction=instruction) for line in _CARD_USAGE[adapter]),
+        sections=sections,
+    )
 
 
 def usage_snippet(auto_class: str, base_model: str, **kwargs) -> str:
@@ -125,45 +170,21 @@ def write_task_model_card(
     usage: str,
     extra_sections: Optional[dict[str, str]] = None,
 ) -> Path:
-    """``README.md`` of a trained adapter: base model, task, data, evaluation, how to load, hyperparameters."""
+    """``README.md`` of a trained task adapter: base model, task, data, evaluation, how to load, hyperparameters."""
     adapter = "frozen model, head only" if args.adapter == "none" else args.adapter.upper()
-    lines = [
-        "---",
-        f"base_model: {base_model}",
-        "library_name: peft",
-        f"tags: [loca, peft, {task}]",
-        "---",
-        "",
-        f"# {adapter} adapter: {task}",
-        "",
-        f"- Base model: `{base_model}`",
-        f"- Data: `{dataset}`",
-        f"- Adapter: `{args.adapter}` on `{args.target_modules}`",
-        f"- Trainable parameters (LoCA: coefficients only; head included): {n_trainable:,}",
-        f"- Steps: {results['train_steps']}, wall time {results['train_seconds']:.1f} s",
-        "",
-        "## Evaluation",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(
-            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in results.items()
-            if k.startswith("eval_")
-        ),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import loca_diffusion  # registers LoCA with peft",
-        usage.strip(),
-        "```",
-        "",
-    ]
-    for title, body in (extra_sections or {}).items():
-        lines += [f"## {title}", "", body.strip(), ""]
     hyper = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    lines += ["## Hyperparameters", "", "```json", json.dumps(hyper, indent=2, sort_keys=True), "```", ""]
-    path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_card(
+        output_dir,
+        base_model=base_model,
+        tags=["loca", "peft", task],
+        title=f"{adapter} adapter: {task}",
+        facts=[
+            f"Data: `{dataset}`",
+            f"Adapter: `{args.adapter}` on `{args.target_modules}`",
+            f"Trainable parameters (LoCA: coefficients only; head included): {n_trainable:,}",
+            f"Steps: {results['train_steps']}, wall time {results['train_seconds']:.1f} s",
+        ],
+        metrics=results,
+        usage="import loca_diffusion  # registers LoCA with peft\n" + usage.strip(),
+        sections=[*(extra_sections or {}).items(), hyperparameters_section(hyper)],
+    )

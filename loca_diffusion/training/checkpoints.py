@@ -18,25 +18,6 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------------------
-# adapter configs
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# InstructPix2Pix conditioning dropout
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# location movement
-
-
-
-# ----------------------------------------------------------------------------------------------------
-# checkpoints and the model card
-
-
 ADAPTER_SUBDIR = "adapter"
 LIVE_STATE_FILE = "loca_training_state.safetensors"
 
@@ -60,52 +41,6 @@ def save_adapter(
         if live:
             save_safetensors(live, target / LIVE_STATE_FILE)
     return target
-
-
-def register_checkpoint_hooks(accelerator, unet: nn.Module, adapter_name: str = "default") -> None:
-    """Make ``accelerator.save_state`` / ``load_state`` save and restore the adapter (PEFT layout in
-    ``<checkpoint>/adapter``) instead of the whole UNet. Objects with ``state_dict`` (the LoCA schedule)
-    go through ``accelerator.register_for_checkpointing``."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from ..loaders import LOCA_WEIGHTS_NAME, to_model_keys
-
-    def unwrap(model):
-        return accelerator.unwrap_model(model)
-
-    def is_unet(model) -> bool:
-        return unwrap(model) is unwrap(unet)
-
-    def save_hook(models, weights, output_dir):
-        if not accelerator.is_main_process:
-            return
-        for model in models:
-            if is_unet(model):
-                save_adapter(unwrap(model), Path(output_dir) / ADAPTER_SUBDIR, adapter_name, live_state=True)
-        while weights:  # the UNet's full weights are not saved: the base is frozen
-            weights.pop()
-
-    def load_hook(models, input_dir):
-        for _ in range(len(models)):
-            model = models.pop()
-            if not is_unet(model):
-                continue
-            source = Path(input_dir) / ADAPTER_SUBDIR
-            live_file = source / LIVE_STATE_FILE
-            if live_file.is_file():
-                result = unwrap(model).load_state_dict(load_file(live_file), strict=False)
-                if result.unexpected_keys:
-                    raise ValueError(f"{live_file} does not fit the model: {result.unexpected_keys[:3]}")
-            else:
-                weights = source / LOCA_WEIGHTS_NAME
-                state = to_model_keys(load_file(weights))  # the file holds PeftModel's keys
-                result = set_peft_model_state_dict(unwrap(model), state, adapter_name=adapter_name)
-                if result.unexpected_keys:
-                    raise ValueError(f"{weights} does not fit the model: {result.unexpected_keys[:3]}")
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
 
 
 CHECKPOINT_INFO_FILE = "checkpoint_info.json"
@@ -208,8 +143,6 @@ def save_checkpoint(
     return final
 
 
-
-
 TRAINABLE_STATE_FILE = "trainable_state.safetensors"
 
 
@@ -222,39 +155,94 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def register_trainable_checkpoint_hooks(accelerator, model: nn.Module) -> None:
-    """``accelerator.save_state`` / ``load_state`` write and read :func:`trainable_state` (adapter and head)
-    instead of the full model."""
+def _save_adapter_state(model: nn.Module, folder: Path, adapter_name: str) -> None:
+    save_adapter(model, folder / ADAPTER_SUBDIR, adapter_name, live_state=True)
+
+
+def _load_adapter_state(model: nn.Module, folder: Path, adapter_name: str) -> None:
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    from ..loaders import LOCA_WEIGHTS_NAME, to_model_keys
+
+    source = folder / ADAPTER_SUBDIR
+    live_file = source / LIVE_STATE_FILE
+    if live_file.is_file():
+        result = model.load_state_dict(load_file(live_file), strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{live_file} does not fit the model: {result.unexpected_keys[:3]}")
+    else:
+        weights = source / LOCA_WEIGHTS_NAME
+        state = to_model_keys(load_file(weights))  # the file holds PeftModel's keys
+        result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+        if result.unexpected_keys:
+            raise ValueError(f"{weights} does not fit the model: {result.unexpected_keys[:3]}")
+
+
+def _save_trainable_state(model: nn.Module, folder: Path, adapter_name: str) -> None:
     from ..loaders import save_safetensors
 
+    save_safetensors(trainable_state(model), folder / TRAINABLE_STATE_FILE)
+
+
+def _load_trainable_state(model: nn.Module, folder: Path, adapter_name: str) -> None:
+    from safetensors.torch import load_file
+
+    path = folder / TRAINABLE_STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: {folder} is not a checkpoint of this script")
+    result = model.load_state_dict(load_file(str(path)), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{path} does not fit the model (other adapter or model?): {result.unexpected_keys[:3]}")
+
+
+# what a checkpoint holds of the model -> (save, load), each called as f(unwrapped model, folder, adapter name)
+CHECKPOINT_CONTENTS = {
+    # the adapter in the PEFT layout plus the live LoCA state, in <checkpoint>/adapter (the pix2pix script)
+    "adapter": (_save_adapter_state, _load_adapter_state),
+    # trainable_state(): adapter and task head, in <checkpoint>/trainable_state.safetensors (the task scripts)
+    "trainable": (_save_trainable_state, _load_trainable_state),
+}
+
+
+def register_checkpoint_hooks(
+    accelerator, model: nn.Module, adapter_name: str = "default", contents: str = "adapter"
+) -> None:
+    """Make ``accelerator.save_state`` / ``load_state`` save and restore only part of ``model`` instead of all
+    its weights (the base is frozen). Objects with ``state_dict`` (the LoCA schedule) go through
+    ``accelerator.register_for_checkpointing``.
+
+    Args:
+        accelerator: The run's ``accelerate.Accelerator``.
+        model: The model whose part is checkpointed (as prepared, or unwrapped).
+        adapter_name: The adapter to save and restore (``contents="adapter"``).
+        contents: What the checkpoint holds (a key of ``CHECKPOINT_CONTENTS``): ``"adapter"``, the adapter in the
+            PEFT layout plus the live LoCA state in ``<checkpoint>/adapter``; ``"trainable"``,
+            :func:`trainable_state` (adapter and task head) in ``<checkpoint>/trainable_state.safetensors``.
+    """
+    if contents not in CHECKPOINT_CONTENTS:
+        raise ValueError(f"contents must be one of {sorted(CHECKPOINT_CONTENTS)}, got {contents!r}")
+    save, load = CHECKPOINT_CONTENTS[contents]
+
+    def unwrap(m):
+        return accelerator.unwrap_model(m)
+
     def is_model(m) -> bool:
-        return accelerator.unwrap_model(m) is accelerator.unwrap_model(model)
+        return unwrap(m) is unwrap(model)
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             for m in models:
                 if is_model(m):
-                    save_safetensors(
-                        trainable_state(accelerator.unwrap_model(m)), Path(output_dir) / TRAINABLE_STATE_FILE
-                    )
-        while weights:
+                    save(unwrap(m), Path(output_dir), adapter_name)
+        while weights:  # the model's full weights are not saved: the base is frozen
             weights.pop()
 
     def load_hook(models, input_dir):
         for _ in range(len(models)):
             m = models.pop()
-            if not is_model(m):
-                continue
-            path = Path(input_dir) / TRAINABLE_STATE_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} missing: {input_dir} is not a checkpoint of this script")
-            result = accelerator.unwrap_model(m).load_state_dict(load_file(str(path)), strict=False)
-            if result.unexpected_keys:
-                raise ValueError(
-                    f"{path} does not fit the model (other adapter or model?): {result.unexpected_keys[:3]}"
-                )
+            if is_model(m):
+                load(unwrap(m), Path(input_dir), adapter_name)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)

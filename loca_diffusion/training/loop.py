@@ -12,20 +12,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..tuners.loca.layer import iter_loca_layers
 from ..tuners.loca.schedule import LoCASchedule
+from ..tuners.loca.utils import iter_loca_layers
 from .args import adapter_config_from_args, trainable_parameter_count
 from .cards import write_task_model_card
 from .checkpoints import (
     checkpoint_global_step,
     epoch_batches,
     latest_checkpoint,
-    register_trainable_checkpoint_hooks,
+    register_checkpoint_hooks,
     save_checkpoint,
     trainable_state,
 )
@@ -84,6 +84,16 @@ def head_module_names(model: nn.Module, candidates: tuple[str, ...] = ("classifi
     """The task head(s) of a transformers model that train with the adapter (``classifier`` for BERT, RoBERTa,
     ViT and DINOv2; ``score`` for decoder classifiers)."""
     return [c for c in candidates if any(name == c or name.endswith("." + c) for name, _ in model.named_modules())]
+
+
+def label_config(label_names: Sequence[str]) -> dict:
+    """``from_pretrained`` keywords that give a classifier a head for ``label_names``: ``num_labels``,
+    ``id2label`` and ``label2id``."""
+    return dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
 
 
 def apply_adapter(args, model: nn.Module, modules_to_save: Optional[list[str]] = None) -> tuple[nn.Module, int]:
@@ -270,7 +280,7 @@ def train(
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=max_train_steps * accelerator.num_processes,
     )
-    register_trainable_checkpoint_hooks(accelerator, model)
+    register_checkpoint_hooks(accelerator, model, contents="trainable")
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )

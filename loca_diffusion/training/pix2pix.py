@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..tuners.loca.layer import iter_loca_layers
+from ..tuners.loca.utils import iter_loca_layers
 
 __all__ = ["conditioning_dropout", "instruct_pix2pix_loss", "location_heatmap"]
 

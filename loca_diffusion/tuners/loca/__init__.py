@@ -8,10 +8,11 @@ from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
 from .config import SCHEDULE_VARIANTS, LoCAConfig
-from .layer import Linear, LoCALayer, iter_loca_layers
+from .layer import Linear, LoCALayer
 from .model import LoCAModel
 from .ops import LOCATION_GRAD_MODES, STRATEGIES
 from .peft_type import METHOD_NAME, PREFIX, ensure_peft_type
+from .utils import iter_loca_layers
 
 __all__ = [
     "LOCATION_GRAD_MODES",

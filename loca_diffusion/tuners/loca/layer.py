@@ -1,48 +1,43 @@
-"""LoCA layers: the per-adapter state and forward of an adapted linear layer."""
+"""LoCA layers: the per-adapter state and forward of an adapted linear layer.
+
+The location bookkeeping lives in :mod:`.locations` (``LocationsMixin``), delta weights and merging in
+:mod:`.merging` (``MergeMixin``), the module-tree helpers (``iter_loca_layers``, wrapped submodules) in
+:mod:`.utils`.
+"""
 
 from __future__ import annotations
 
-import warnings
-import zlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers.pytorch_utils import Conv1D
 
+from .locations import (
+    NOT_FROZEN,
+    LocationsMixin,
+    NonFiniteLocationsError,
+    _sync_frozen_flags_after_load,
+    initial_location_indices,
+)
+from .merging import MergeMixin
 from .ops import (
     AdapterCall,
     LayerPlan,
     build_plan,
     choose_strategy,
-    delta_weight,
     effective_weight,
     indices_to_locations,
     loca_linear,
-    locations_to_indices,
 )
 
-# value of every entry of `loca_fixed_locations[name]` while the locations are learned (not frozen)
-NOT_FROZEN = -1
+__all__ = ["NOT_FROZEN", "LoCALayer", "Linear", "NonFiniteLocationsError"]
 
 
-class NonFiniteLocationsError(ValueError):
-    """A location parameter holds NaN or Inf (e.g. after an optimizer step on NaN gradients)."""
-
-
-def initial_location_indices(random_loc_seed: int, layer_name: str, d_out: int, d_in: int, n: int) -> torch.Tensor:
-    """The integer ``(row, col)`` locations (``LongTensor [2, n]``) a layer starts from: distinct cells, uniform
-    at random from ``random_loc_seed`` and the layer's name (one stream per layer: same-shaped layers would
-    otherwise start at identical locations). A saved adapter's starting point can be recomputed from its config."""
-    generator = torch.Generator().manual_seed(int(random_loc_seed) * 1_000_003 + zlib.crc32(layer_name.encode()))
-    flat = torch.randperm(d_out * d_in, generator=generator)[:n]
-    return torch.stack([flat // d_in, flat % d_in])
-
-
-class LoCALayer(BaseTunerLayer):
+class LoCALayer(LocationsMixin, BaseTunerLayer):
     """State of the LoCA adapters of one layer, by adapter name.
 
     * ``loca_coefficients[name]``: float32 ``nn.Parameter`` of shape ``[B]``;
@@ -54,7 +49,8 @@ class LoCALayer(BaseTunerLayer):
       DDP keeps receiving (zero) gradients and whatever an optimizer does to it has no effect.
 
     All three exist in every mode, so the state-dict keys are the same for a model in training, a
-    frozen one and one loaded for inference (PEFT's contract: one loads strictly into the other).
+    frozen one and one loaded for inference (PEFT's contract: one loads strictly into the other). Reading,
+    projecting and freezing the locations comes from :class:`~.locations.LocationsMixin`.
     """
 
     adapter_layer_names = ("loca_coefficients", "loca_locations")
@@ -171,57 +167,6 @@ class LoCALayer(BaseTunerLayer):
                     continue
                 container[adapter_name] = container[adapter_name].to(target)
 
-    def get_locations(self, adapter_name: str) -> torch.Tensor:
-        """The integer ``(row, col)`` locations (``LongTensor [2, B]``) the forward pass uses.
-
-        Locations the optimizer moved outside ``[0, 1]`` are first projected back onto it
-        (:meth:`project_locations`), whatever optimizer or schedule moved them.
-
-        Args:
-            adapter_name: The LoCA adapter of this layer.
-
-        Returns:
-            ``LongTensor [2, B]``: rows in ``[0, d_out)``, columns in ``[0, d_in)``.
-        """
-        if self.loca_frozen[adapter_name]:
-            return self.loca_fixed_locations[adapter_name]
-        points = self.loca_locations[adapter_name]
-        stamp = (points.data_ptr(), points._version)
-        cached = self._indices_cache.get(adapter_name)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        if self.loca_finite_stamp.get(adapter_name) != stamp:
-            # on the detached values: `isfinite` of a tensor that requires grad records autograd ops (abs) whose
-            # saved tensors a checkpoint recomputation, which finds the check done, would not save again
-            if not torch.isfinite(points.detach()).all():
-                layer = f"layer '{self.loca_layer_name}'" if self.loca_layer_name else "a layer"
-                raise NonFiniteLocationsError(
-                    f"LoCA adapter '{adapter_name}' of {layer} ({self.out_features}x{self.in_features}) has NaN or "
-                    "Inf locations; the adapter is broken (a diverged training step?)"
-                )
-            # checked only when the values changed (an optimizer step), so this is a projection after each step
-            self.project_locations(adapter_name)
-            stamp = (points.data_ptr(), points._version)
-            self.loca_finite_stamp[adapter_name] = stamp
-        indices = locations_to_indices(points, self.out_features, self.in_features)
-        self._indices_cache[adapter_name] = (stamp, indices)
-        return indices
-
-    def project_locations(self, adapter_name: str) -> None:
-        """Clamp the continuous locations of ``adapter_name`` into ``[0, 1]`` in place (no-op when inside).
-
-        Plain optimizers (``transformers.Trainer``, weight decay, large learning rates) would otherwise walk them
-        off the grid: the forward rounds and clips them, so the border rows/columns collect coefficients while
-        their gradients keep pushing outward. Projecting keeps the parameter on the grid (projected gradient
-        descent), so a gradient pointing back inward moves the location at once.
-        """
-        points = self.loca_locations[adapter_name]
-        if points.device.type == "meta" or points.numel() == 0:
-            return
-        with torch.no_grad():  # nothing recorded for autograd (see get_locations)
-            if bool(points.min() < 0) or bool(points.max() > 1):
-                points.clamp_(0.0, 1.0)
-
     def _plan(self, indices: list[torch.Tensor], modes: list[Optional[str]]) -> LayerPlan:
         """The :class:`LayerPlan` of these locations and stencil modes, rebuilt only when they change.
 
@@ -236,47 +181,6 @@ class LoCALayer(BaseTunerLayer):
         self._plans.insert(0, (key, tuple(indices), plan))
         del self._plans[2:]
         return plan
-
-    def locations_frozen(self, adapter_name: str) -> bool:
-        return self.loca_frozen[adapter_name]
-
-    def freeze_locations(self, adapter_name: str) -> None:
-        """Freeze the locations at their current rounded values, stored as integers from now on.
-
-        Args:
-            adapter_name: The LoCA adapter of this layer whose locations stop learning.
-
-        The continuous parameter stays registered (a DistributedDataParallel wrapper expects every
-        registered parameter to keep receiving gradients; the frozen one receives zeros) but no longer
-        has any effect.
-        """
-        if not self.loca_frozen[adapter_name]:
-            with torch.no_grad():
-                self.loca_fixed_locations[adapter_name].copy_(self.get_locations(adapter_name))
-            self.loca_frozen[adapter_name] = True
-        self.loca_inference_frozen[adapter_name] = False
-        self._weight_cache = None
-
-    def _prepare_state_dict_for_load(self, state_dict, prefix) -> None:
-        """Complete checkpoints written before every mode had the same keys, then load as usual.
-
-        Older checkpoints hold ``loca_fixed_locations`` only once frozen, and adapters loaded for
-        inference had no ``loca_locations``; the missing entry follows from the other one.
-        """
-        for name in self.loca_coefficients:
-            fixed_key, points_key = f"{prefix}loca_fixed_locations.{name}", f"{prefix}loca_locations.{name}"
-            if points_key in state_dict and fixed_key not in state_dict:
-                state_dict[fixed_key] = torch.full_like(self.loca_fixed_locations[name], NOT_FROZEN)
-            elif fixed_key in state_dict and points_key not in state_dict:
-                state_dict[points_key] = indices_to_locations(
-                    state_dict[fixed_key], self.out_features, self.in_features
-                )
-        self._weight_cache = None
-
-    def _sync_frozen_flags(self) -> None:
-        """After a state-dict load: the buffers say which adapters are frozen."""
-        for name, fixed in self.loca_fixed_locations.items():
-            self.loca_frozen[name] = fixed.device.type != "meta" and bool((fixed != NOT_FROZEN).all())
 
     @property
     def r(self) -> dict[str, int]:
@@ -312,7 +216,7 @@ class LoCALayer(BaseTunerLayer):
         self._weight_cache = None
 
 
-class Linear(nn.Module, LoCALayer):
+class Linear(nn.Module, MergeMixin, LoCALayer):
     """LoCA adapter around an ``nn.Linear`` (or a transformers ``Conv1D`` with ``fan_in_fan_out=True``)."""
 
     def __init__(
@@ -361,12 +265,6 @@ class Linear(nn.Module, LoCALayer):
         self._forget_locations()
         return super().train(mode)
 
-    def _forget_locations(self) -> None:
-        """Drop everything derived from the location values (finiteness checks, rounding, plans)."""
-        self.loca_finite_stamp.clear()
-        self._indices_cache.clear()
-        self._plans.clear()
-
     def _apply(self, fn, recurse=True):
         # `model.to(torch.bfloat16)` / `.half()` after injection would cast the [0, 1]-scaled locations
         # too, and half precision cannot represent i / (d - 1) for real layer sizes: the rounded
@@ -385,82 +283,6 @@ class Linear(nn.Module, LoCALayer):
             self.loca_delta_cache.clear()
         self._forget_locations()
         return super()._apply(fn, recurse=False)
-
-    # ------------------------------------------------------------------ delta weights and merging
-
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """``dW`` of one adapter in the base weight's dtype and storage layout (``(d_out, d_in)`` for
-        ``nn.Linear``, transposed for ``Conv1D``), so that ``weight + get_delta_weight(name)`` is the
-        merged weight."""
-        weight = self.get_base_layer().weight
-        coefficients = self.loca_coefficients[adapter]
-        cache, key = self.loca_delta_cache, None
-        if cache is not None and not coefficients.requires_grad:
-            points = self.loca_fixed_locations[adapter] if self.loca_frozen[adapter] else self.loca_locations[adapter]
-            key = (coefficients.data_ptr(), coefficients._version, points.data_ptr(), points._version)
-            key += (self._scale(adapter), weight.dtype, weight.device, self.fan_in_fan_out)
-            hit = cache.get(adapter)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-        delta = delta_weight(
-            coefficients,
-            self.get_locations(adapter),
-            self.out_features,
-            self.in_features,
-            self._scale(adapter),
-        )
-        if self.fan_in_fan_out:
-            delta = delta.T
-        delta = delta.to(weight.dtype)
-        if key is not None:
-            cache[adapter] = (key, delta.detach())
-        return delta
-
-    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
-        """PEFT's ``convert_to_lora`` / ``save_as_lora`` opt-in: ``get_delta_weight`` is in the storage layout
-        (transposed for ``Conv1D``), which is what PEFT's conversion expects for both layer types."""
-        return True
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        super().delete_adapter(adapter_name)
-        if self.loca_delta_cache is not None:
-            self.loca_delta_cache.pop(adapter_name, None)
-
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        if not adapter_names:
-            return
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.loca_coefficients:
-                continue
-            broken = ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            try:
-                delta = self.get_delta_weight(name)
-            except NonFiniteLocationsError as error:
-                if safe_merge:  # PEFT's message for a broken adapter
-                    raise broken from error
-                raise
-            if safe_merge:
-                merged = base.weight.data.float() + delta.float()
-                if not torch.isfinite(merged).all():
-                    raise broken
-                base.weight.data = merged.to(base.weight.dtype)
-            else:
-                base.weight.data += delta
-            self.merged_adapters.append(name)
-        self._weight_cache = None
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.loca_coefficients:
-                base.weight.data -= self.get_delta_weight(name)
-        self._weight_cache = None
 
     # ------------------------------------------------------------------ forward
 
@@ -557,61 +379,3 @@ class Linear(nn.Module, LoCALayer):
 
     def __repr__(self) -> str:
         return "loca." + super().__repr__()
-
-
-def _sync_frozen_flags_after_load(module: LoCALayer, incompatible_keys) -> None:
-    module._sync_frozen_flags()
-
-
-# Name segments that wrappers insert between a model and its layers: FSDP, activation checkpointing,
-# torch.compile. Adapter files and PEFT state dicts never contain them.
-_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
-
-
-def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (as accelerate's
-    ``prepare`` returns it), else ``model`` itself."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def _innermost(module: nn.Module) -> nn.Module:
-    while (attribute := _wrapper_attribute(module)) is not None:
-        module = getattr(module, attribute)
-    return module
-
-
-def _wrapper_attribute(module: nn.Module) -> Optional[str]:
-    return next((w for w in _WRAPPER_SEGMENTS if isinstance(getattr(module, w, None), nn.Module)), None)
-
-
-def clean_module_name(name: str) -> str:
-    """``name`` without wrapper segments (FSDP, activation checkpointing, ``torch.compile``)."""
-    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
-
-
-def iter_loca_layers(model: nn.Module) -> Iterator[tuple[str, LoCALayer]]:
-    """Every LoCA layer of ``model`` with its name as adapter files and PEFT state dicts spell it: a DDP /
-    DataParallel wrapper is looked through and FSDP, activation-checkpointing and ``torch.compile``
-    wrapper segments are left out of the names."""
-    for name, module in unwrap_parallel(model).named_modules():
-        if isinstance(module, LoCALayer):
-            yield clean_module_name(name), module
-
-
-def get_wrapped_submodule(model: nn.Module, name: str) -> nn.Module:
-    """``model.get_submodule(name)`` for a ``name`` from :func:`iter_loca_layers`: wrappers are looked through."""
-    module = _innermost(unwrap_parallel(model))
-    for part in filter(None, clean_module_name(name).split(".")):
-        module = _innermost(getattr(module, part))
-    return module
-
-
-def set_wrapped_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` where :func:`get_wrapped_submodule` finds ``name``, inside any wrapper around the old one."""
-    parent_name, _, child = clean_module_name(name).rpartition(".")
-    parent = get_wrapped_submodule(model, parent_name)
-    while (attribute := _wrapper_attribute(getattr(parent, child))) is not None:
-        parent, child = getattr(parent, child), attribute
-    setattr(parent, child, module)

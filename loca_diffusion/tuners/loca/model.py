@@ -13,9 +13,10 @@ from peft.utils.other import get_pattern_key
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoCAConfig
-from .layer import NOT_FROZEN, Linear, LoCALayer, iter_loca_layers
+from .layer import NOT_FROZEN, Linear, LoCALayer
 from .ops import indices_to_locations, locations_to_indices
 from .peft_type import PREFIX
+from .utils import iter_loca_layers
 
 _PEFT_PREFIX = "base_model.model."
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from .config import SCHEDULE_VARIANTS, LoCAConfig
-from .layer import LoCALayer, iter_loca_layers, unwrap_parallel
+from .layer import LoCALayer
+from .utils import iter_loca_layers, unwrap_parallel
 
 COEFFICIENTS, LOCATIONS, JOINT = "coefficients", "locations", "joint"
 
