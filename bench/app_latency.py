@@ -12,7 +12,7 @@ The default model is what ``python -m app`` serves: ``assets/tiny-instruct-pix2p
 adapters in ``assets/adapters`` when they exist, else the tiny pipeline built in code with two adapters
 with random coefficients (written with ``save_loca`` into a temporary folder).
 
-    python bench/app_latency.py [--quick] [--repeats N] [--json PATH]
+    python -m bench.app_latency [--quick] [--repeats N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def main(argv=None) -> dict:
     image = engine.open_image(example)
 
     results = {
-        "command": "python bench/app_latency.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "command": "python -m bench.app_latency" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
         "machine": machine_info(torch.device("cpu")),
         # the shipped model by its repository path, not this machine's absolute one
         "model": engine.base_label.replace(str(ROOT) + "/", ""),

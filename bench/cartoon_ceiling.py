@@ -1,6 +1,6 @@
 """How far can training reach on the cartoon pairs, by which part of the embedded UNet trains? (issue 8)
 
-    OMP_NUM_THREADS=1 python bench/cartoon_ceiling.py --jobs 2
+    OMP_NUM_THREADS=1 python -m bench.cartoon_ceiling --jobs 2
 
 The cartoonizer adapters (LoCA, FourierFT, LoRA on ``to_q/to_k/to_v/to_out.0``) all land 0.3-0.7 dB above
 output = input on the held-out photos (``cartoonizer.md``). Is that the adapters' budget, or where they sit?
@@ -217,7 +217,7 @@ def report(record: dict) -> str:
     lines = [
         "# Cartoonizer ceiling: training whole parts of the embedded UNet (no adapter)",
         "",
-        "Command: `OMP_NUM_THREADS=1 python bench/cartoon_ceiling.py --jobs 2` "
+        "Command: `OMP_NUM_THREADS=1 python -m bench.cartoon_ceiling --jobs 2` "
         f"({record['wall_seconds'] / 60:.0f} min wall).",
         "Held-out PSNR (dB) against the code-made cartoons of the 6 held-out photos, the comparison's sampling",
         "settings; in brackets the gain over output = input. Issue 8's bar: output = input + 2 dB = "
@@ -243,7 +243,7 @@ def report(record: dict) -> str:
             "",
             "## The price of attention higher up",
             "",
-            "`python bench/cartoon_ceiling.py --layout_costs`: one UNet training step (forward + backward, batch 16, "
+            "`python -m bench.cartoon_ceiling --layout_costs`: one UNet training step (forward + backward, batch 16, "
             "32 x 32 latents), CPU seconds of one thread, median of 5.",
             "",
             "| UNet layout | parameters | s/step | x shipped |",

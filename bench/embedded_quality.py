@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Quality of the embedded default on the held-out photos (issue 8's table).
 
-    python bench/embedded_quality.py                 # -> bench/results/embedded_quality.{md,json} + grids
-    python bench/embedded_quality.py --write_examples    # also (re)writes assets/examples/
-    python bench/embedded_quality.py --cartoon_references   # only the code-made cartoon references (seconds)
+    python -m bench.embedded_quality                 # -> bench/results/embedded_quality.{md,json} + grids
+    python -m bench.embedded_quality --write_examples    # also (re)writes assets/examples/
+    python -m bench.embedded_quality --cartoon_references   # only the code-made cartoon references (seconds)
 
 Every number is a mean over the held-out photos' 64 px centre views (photos never seen in training),
 PSNR / SSIM against the code-made target of each edit. Reference rows: output = input (doing
@@ -132,7 +132,7 @@ def write_cartoon_references(out: Path) -> dict:
     lines = [
         "# Cartoon target: where its distance from the input lies",
         "",
-        "Reproduce: `python bench/embedded_quality.py --cartoon_references` (code-made outputs only, no model).",
+        "Reproduce: `python -m bench.embedded_quality --cartoon_references` (code-made outputs only, no model).",
         f"Held-out photos: {', '.join(names)}; {RESOLUTION} px centre views; the cartoonizer's target style "
         "(`loca_diffusion.embedded.edits.CARTOON_STYLE`).",
         "",
@@ -166,7 +166,7 @@ def sweep_guidance(pipe, out: Path) -> tuple[float, float]:
     lines = [
         "# Embedded default: sampling guidance, chosen on training photos",
         "",
-        "Reproduce: `python bench/embedded_quality.py --sweep_guidance`.",
+        "Reproduce: `python -m bench.embedded_quality --sweep_guidance`.",
         f"Views: 64 px centre crops of training photos ({', '.join(names)}), never the held-out ones; 20 DDIM "
         "steps, seed 0. Gain: PSNR of the model's edit minus PSNR of output = input, against each edit's target.",
         "",
@@ -278,7 +278,7 @@ def main(argv=None) -> None:
     lines = [
         "# Embedded default: held-out quality",
         "",
-        f"Reproduce: `python bench/embedded_quality.py` "
+        f"Reproduce: `python -m bench.embedded_quality` "
         f"({result['seconds']:.0f} s on {result['machine']['cpu']}, 1 thread).",
         f"Held-out photos ({len(names)}, never seen in training): {', '.join(names)}; {RESOLUTION} px centre views.",
         f"Sampling: {DEFAULT_STEPS} DDIM steps, guidance {DEFAULT_GUIDANCE:g}, image guidance "

@@ -10,7 +10,7 @@ earlier layers are adapted. Peak memory is the persistent tensors (weights, adap
 largest amount allocated during the step (CPU: from the profiler's allocation events; CUDA:
 ``max_memory_allocated``).
 
-    python bench/layer_speed.py [--quick] [--json PATH] [--device cpu|cuda] [--repeats N]
+    python -m bench.layer_speed [--quick] [--json PATH] [--device cpu|cuda] [--repeats N]
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def main(argv=None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"machine": info, "records": records}, indent=1))
     command = (
-        "python bench/layer_speed.py" + (" --quick" if args.quick else "") + ("" if tag == "cpu" else " --device cuda")
+        "python -m bench.layer_speed" + (" --quick" if args.quick else "") + ("" if tag == "cpu" else " --device cuda")
     )
     md = table(records, info, command)
     json_path.with_suffix(".md").write_text(md)

@@ -1,12 +1,12 @@
 """LoCA vs FourierFT vs LoRA (matched trainable-parameter budgets) vs the frozen model with its head trained,
 on real pretrained models that install offline (issue 10), and the paper's Table 5 ablations.
 
-    nice -n 19 python bench/task_comparison.py minilm            # MiniLM-L6 on BBC News topics
-    nice -n 19 python bench/task_comparison.py minilm-ablation   # V1/V2/V3, forward/backward differences
-    nice -n 19 python bench/task_comparison.py vit               # ViT-S/14 on a Fashion-MNIST subset
-    nice -n 19 python bench/task_comparison.py smollm2           # SmolLM2-135M on BBC headline generation
-    nice -n 19 python bench/task_comparison.py cartoonizer       # the embedded InstructPix2Pix's cartoon adapter
-    nice -n 19 python bench/task_comparison.py cartoonizer-ablation  # V1 (fixed random locations) there
+    nice -n 19 python -m bench.task_comparison minilm            # MiniLM-L6 on BBC News topics
+    nice -n 19 python -m bench.task_comparison minilm-ablation   # V1/V2/V3, forward/backward differences
+    nice -n 19 python -m bench.task_comparison vit               # ViT-S/14 on a Fashion-MNIST subset
+    nice -n 19 python -m bench.task_comparison smollm2           # SmolLM2-135M on BBC headline generation
+    nice -n 19 python -m bench.task_comparison cartoonizer       # the embedded InstructPix2Pix's cartoon adapter
+    nice -n 19 python -m bench.task_comparison cartoonizer-ablation  # V1 (fixed random locations) there
     nice -n 19 python -m bench.task_comparison minilm-long --jobs 2   # issue 18: 1,000 steps, 5 seeds, val/test
     nice -n 19 python -m bench.task_comparison minilm-long-ablation   # (also bbc-headlines-long, vit-long)
     nice -n 19 python -m bench.task_comparison minilm-long-sweep      # Fig. 4: rank-1/2/8 budgets, plot

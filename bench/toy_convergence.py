@@ -31,7 +31,7 @@ mean number of true locations recovered (0-3), the number within one grid step (
 matching), and the final losses. The plot shows the location trajectories of a representative seed (the one
 whose learned/fixed final-loss ratio is the median) and its loss curves.
 
-    python bench/toy_convergence.py [--seeds N] [--steps N] [--json PATH] [--quick] [--workers N]
+    python -m bench.toy_convergence [--seeds N] [--steps N] [--json PATH] [--quick] [--workers N]
 """
 
 from __future__ import annotations

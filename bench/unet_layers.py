@@ -10,7 +10,7 @@ and one location step), round-robin, median. ``extra`` columns are (LoCA - LoRA 
 in the group: summed, they estimate the whole step's difference, which ``bench/unet_step.py`` measures.
 The top LoCA ops of each group (profiler self time, GEMMs of the base layer excluded) say what the extra is.
 
-    python bench/unet_layers.py [--quick] [--resolution 256|512] [--device cpu|cuda] [--baseline OLD.json]
+    python -m bench.unet_layers [--quick] [--resolution 256|512] [--device cpu|cuda] [--baseline OLD.json]
 
 ``--baseline`` adds the LoCA times and totals of an earlier run (e.g. before a change) next to this one.
 """
@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
     result = {
         "machine": machine_info(device),
         "setup": {
-            "command": " ".join(["python bench/unet_layers.py", *argv]),
+            "command": " ".join(["python -m bench.unet_layers", *argv]),
             "label": args.label,
             "quick": args.quick,
             "resolution_px": args.resolution,

@@ -24,8 +24,8 @@ stood alone: all its parameters and buffers (base included), the AdamW state, th
 inference weight cache, plus the largest amount allocated during one step (CPU: the profiler's
 allocation events; CUDA: ``max_memory_allocated``); see ``bench/timing.py``.
 
-    python bench/unet_step.py [--quick] [--device cpu|cuda] [--resolution PX] [--repeats N] [--json PATH]
-    python bench/unet_step.py --curve [...]   # step time vs B (LoCA, FourierFT) and vs rank (LoRA), with a plot
+    python -m bench.unet_step [--quick] [--device cpu|cuda] [--resolution PX] [--repeats N] [--json PATH]
+    python -m bench.unet_step --curve [...]   # step time vs B (LoCA, FourierFT) and vs rank (LoRA), with a plot
 
 ``--quick`` uses a reduced UNet (block_out_channels (32, 64), cross_attention_dim 32, 128 px, B = 100 and
 500) so that a smoke test runs in seconds.
@@ -649,7 +649,7 @@ def main(argv=None) -> dict:
     result = {
         "machine": machine_info(device),
         "setup": {
-            "command": " ".join(["python bench/unet_step.py", *argv]),
+            "command": " ".join(["python -m bench.unet_step", *argv]),
             "quick": args.quick,
             "unet_config": config,
             "unet_parameters": unet_parameters,
@@ -694,7 +694,7 @@ def main_curve(args, argv: list[str], config: dict, device, repeats: int, tag: s
     result = {
         "machine": machine_info(device),
         "setup": {
-            "command": " ".join(["python bench/unet_step.py", *argv]),
+            "command": " ".join(["python -m bench.unet_step", *argv]),
             "quick": args.quick,
             "unet_config": config,
             "target_layers": count_unet(config)[1],

@@ -34,7 +34,7 @@ def test_targets_count_only_long_sequences_and_name_the_misses():
         + _records(27.0, 2048, 10000, "320x320")  # 1.35x: within the 1.4x allowed above B=1000
         + _records(40.0, 154, 1000)  # 2x LoRA, but short sequences are not counted
     )
-    md = table(records, {"platform": "test"}, "python bench/layer_speed.py")
+    md = table(records, {"platform": "test"}, "python -m bench.layer_speed")
     assert "cases with >= 2048 tokens (2)" in md
     assert "speed vs LoRA r=16 (<= 1.3x at B=1000, <= 1.4x above): met in 2/2" in md
     assert "speed vs FourierFT (<= 0.8x): met in 2/2" in md

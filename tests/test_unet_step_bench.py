@@ -41,7 +41,7 @@ def test_json_top_level(quick_run):
     assert setup["n_frequencies"] == list(QUICK_FREQUENCIES)
     assert setup["lora_ranks"] == list(LORA_RANKS)
     assert setup["target_modules"] == TARGET_MODULES
-    assert setup["command"].startswith("python bench/unet_step.py --quick")
+    assert setup["command"].startswith("python -m bench.unet_step --quick")
     assert (setup["unet_parameters"], setup["target_layers"]) == count_unet(QUICK_UNET)
     assert setup["target_layers"] > 0
 
@@ -103,7 +103,7 @@ def test_summary_targets_and_markdown(quick_run):
     small, large = sorted(QUICK_FREQUENCIES)
     assert [(t["n_frequency"], t["limit"]) for t in result["targets"]][-2:] == [(small, 1.01), (large, 1.10)]
     md = path.with_suffix(".md").read_text()
-    assert "Machine:" in md and "Command: `python bench/unet_step.py --quick" in md
+    assert "Machine:" in md and "Command: `python -m bench.unet_step --quick" in md
     for column in ("LoCA/LoRA16", "LoCA/FourierFT", "mem LoCA/LoRA16", "fused/base"):
         assert column in md
 
