@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -27,7 +28,6 @@ from loca_diffusion.embedded.metrics import psnr
 from loca_diffusion.embedded.photos import held_out_batch, to_image
 
 ROOT = Path(__file__).resolve().parents[1]
-cv2 = pytest.importorskip("cv2")
 
 
 def _pretrain_script():
