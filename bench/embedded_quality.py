@@ -32,7 +32,8 @@ from loca_diffusion.edit import load_pipeline  # noqa: E402
 from loca_diffusion.embedded import ADAPTERS_DIR, BASE_DIR, EXAMPLES_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import (  # noqa: E402
     CARTOON_INSTRUCTION,
-    EDITS,
+    EDITS_BY_NAME,
+    PRETRAINING_EDITS,
     cartoon_reference_outputs,
     cartoon_targets,
     ink_mask,
@@ -158,7 +159,7 @@ def sweep_guidance(pipe, out: Path) -> tuple[float, float]:
     views = torch.stack([x for _, x in selection_views(RESOLUTION)])
     rows = {}
     for g, ig in GUIDANCE_SWEEP:
-        scores = evaluate_edits(pipe, views, EDITS, guidance_scale=g, image_guidance_scale=ig)
+        scores = evaluate_edits(pipe, views, PRETRAINING_EDITS, guidance_scale=g, image_guidance_scale=ig)
         gains = {k: v["psnr"] - v["identity_psnr"] for k, v in scores.items()}
         rows[(g, ig)] = {"mean_gain": sum(gains.values()) / len(gains), "gains": gains}
         print(f"guidance {g} / image guidance {ig}: mean gain {rows[(g, ig)]['mean_gain']:+.2f} dB", flush=True)
@@ -170,11 +171,11 @@ def sweep_guidance(pipe, out: Path) -> tuple[float, float]:
         f"Views: 64 px centre crops of training photos ({', '.join(names)}), never the held-out ones; 20 DDIM "
         "steps, seed 0. Gain: PSNR of the model's edit minus PSNR of output = input, against each edit's target.",
         "",
-        "| guidance / image guidance | mean gain (dB) | " + " | ".join(e.name for e in EDITS) + " |",
-        "|---|---|" + "---|" * len(EDITS),
+        "| guidance / image guidance | mean gain (dB) | " + " | ".join(e.name for e in PRETRAINING_EDITS) + " |",
+        "|---|---|" + "---|" * len(PRETRAINING_EDITS),
     ]
     for (g, ig), row in rows.items():
-        cells = " | ".join(f"{row['gains'][e.name]:+.2f}" for e in EDITS)
+        cells = " | ".join(f"{row['gains'][e.name]:+.2f}" for e in PRETRAINING_EDITS)
         lines.append(f"| {g:g} / {ig:g}{' (chosen)' if (g, ig) == best else ''} | {row['mean_gain']:+.2f} | {cells} |")
     lines += [
         "",
@@ -223,7 +224,7 @@ def main(argv=None) -> None:
         sweep_guidance(pipe, RESULTS / "embedded_guidance.md")
         return
     names, views = load_held_out()
-    base = evaluate_edits(pipe, views, EDITS)
+    base = evaluate_edits(pipe, views, PRETRAINING_EDITS)
     recon = mean_scores(vae_roundtrip(pipe.vae, views), views)
     shipped = [k for k, v in base.items() if v["psnr"] - v["identity_psnr"] >= SHIP_MARGIN_DB]
 
@@ -246,15 +247,17 @@ def main(argv=None) -> None:
         ["input", "target", *outputs],
         RESULTS / "embedded_cartoon_grid.png",
     )
-    edited = [e.apply(views) for e in EDITS]
+    edited = [e.apply(views) for e in PRETRAINING_EDITS]
     model_out = run_edit(
-        pipe, torch.cat([views] * len(EDITS)), [e.instructions[0] for e in EDITS for _ in views]
-    ).unflatten(0, (len(EDITS), len(views)))
+        pipe,
+        torch.cat([views] * len(PRETRAINING_EDITS)),
+        [e.instructions[0] for e in PRETRAINING_EDITS for _ in views],
+    ).unflatten(0, (len(PRETRAINING_EDITS), len(views)))
     rows = []
     for i in range(len(views)):
         rows.append([views[i], *(t[i] for t in edited)])
         rows.append([views[i], *(m[i] for m in model_out)])
-    picture_grid(rows, ["input", *(e.name for e in EDITS)], RESULTS / "embedded_edits_grid.png")
+    picture_grid(rows, ["input", *(e.name for e in PRETRAINING_EDITS)], RESULTS / "embedded_edits_grid.png")
 
     result = {
         "held_out_photos": names,
@@ -316,7 +319,7 @@ def main(argv=None) -> None:
             [
                 {
                     "image": f,
-                    "instruction": EDITS[[e.name for e in EDITS].index(shipped[i % len(shipped)])].instructions[0],
+                    "instruction": EDITS_BY_NAME[shipped[i % len(shipped)]].instructions[0],
                     "adapter": None,
                 }
                 for i, f in enumerate(files)

@@ -380,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval_every", type=int, default=1000, help="unet: held-out edit PSNR (10 DDIM steps) every N steps"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 was ~8x faster than 2 under load)")
-    p.add_argument("--bank_crops", type=int, default=1500, help="unet: training crops encoded once (x 11 images)")
+    p.add_argument("--bank_crops", type=int, default=1500, help="unet: crops encoded once, with every edit")
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--conditioning_dropout_prob", type=float, default=0.05, help="text dropped 2p, image 2p, both p")
     p.add_argument("--output_dir", default=str(BASE_DIR), help="export target (default: the shipped assets)")

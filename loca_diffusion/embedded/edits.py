@@ -185,10 +185,6 @@ EDITS: tuple[Edit, ...] = (
     ),
 )
 
-# Trained but not shipped as working edits: they beat output = input by under 3 dB on held-out photos
-# (bench/results/embedded_quality.md); the app does not suggest them.
-DROPPED_EDITS = ("more_contrast", "flip_horizontal")
-WORKING_EDITS: tuple[Edit, ...] = tuple(e for e in EDITS if e.name not in DROPPED_EDITS)
 
 # The cartoonizer adapter's target: loca_diffusion.data.cartoonize tuned for 64 px images (one smoothing
 # pass, 6 colours, a higher ink threshold: the defaults draw 2-3 px black blobs at this size).
@@ -316,3 +312,8 @@ PART_EDITS: tuple[Edit, ...] = (
 PRETRAINING_EDITS: tuple[Edit, ...] = EDITS + PART_EDITS
 
 EDITS_BY_NAME = {e.name: e for e in PRETRAINING_EDITS}
+
+# Trained but not shipped as working edits: they beat output = input by under 3 dB on held-out photos
+# (bench/results/embedded_quality.md); the app does not suggest them.
+DROPPED_EDITS = ("more_contrast", "flip_horizontal")
+WORKING_EDITS: tuple[Edit, ...] = tuple(e for e in PRETRAINING_EDITS if e.name not in DROPPED_EDITS)
