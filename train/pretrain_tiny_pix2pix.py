@@ -3,12 +3,13 @@
 
     python train/pretrain_tiny_pix2pix.py --stage vae          # VAE, 4,000 steps at batch 8 (~15 min)
     python train/pretrain_tiny_pix2pix.py --stage decoder      # VAE decoder only, encoder frozen, 600 steps (~4 min)
-    python train/pretrain_tiny_pix2pix.py --stage unet         # text encoder + UNet, 5,000 steps at batch 16 (~60 min)
+    python train/pretrain_tiny_pix2pix.py --stage unet         # text encoder + UNet, 5,000 steps at batch 16 (~2 h)
     python train/pretrain_tiny_pix2pix.py --stage export       # fp16 diffusers folder -> assets/tiny-instruct-pix2pix
 
 ``decoder`` and ``unet`` both start from the finished ``vae`` stage and can run at the same time as
 two processes (the encoder, hence the latent space the UNet learns, is frozen after ``vae``). Times
-are for one torch thread of a shared 2-core machine; ``make assets`` runs everything.
+are for one torch thread of a shared 2-core machine (the UNet stage alone: ~0.6 step/s on one thread, ~1.05
+ with ``--threads 2`` when nothing else runs); ``make assets`` runs everything.
 
 Every stage writes ``build/embedded/<stage>/checkpoint.pt`` every ``--save_every`` steps (model,
 optimizer, step, RNG) and resumes from it when run again; a finished stage returns at once. Progress

@@ -315,5 +315,5 @@ EDITS_BY_NAME = {e.name: e for e in PRETRAINING_EDITS}
 
 # Trained but not shipped as working edits: they beat output = input by under 3 dB on held-out photos
 # (bench/results/embedded_quality.md); the app does not suggest them.
-DROPPED_EDITS = ("more_contrast", "flip_horizontal")
+DROPPED_EDITS = ("more_contrast", "flip_horizontal", "flat_colors", "black_outlines", "smooth")
 WORKING_EDITS: tuple[Edit, ...] = tuple(e for e in PRETRAINING_EDITS if e.name not in DROPPED_EDITS)
