@@ -105,6 +105,25 @@ def test_invert_correlates_negatively_with_the_input(pipe, photos):
         assert r < -0.5, r
 
 
+def test_edit_scores_reuse_the_outputs_they_are_given(pipe, photos):
+    from loca_diffusion.embedded.edits import EDITS_BY_NAME
+    from loca_diffusion.embedded.evaluate import edit_outputs, evaluate_edits
+
+    edits = [EDITS_BY_NAME["invert"], EDITS_BY_NAME["black_and_white"]]
+    outputs = edit_outputs(pipe, photos, edits)
+    assert outputs.shape == (2, *photos.shape)
+    # one sampling pass in edit-major order: the invert rows are the invert instruction's edits
+    instructions = [edits[0].instructions[0]] * 2 + [edits[1].instructions[0]] * 2
+    alone = run_edit(pipe, torch.cat([photos, photos]), instructions)
+    torch.testing.assert_close(outputs.flatten(0, 1), alone)
+    # given the inputs as "outputs", the model's score is exactly output = input, computed by hand
+    scores = evaluate_edits(pipe, photos, edits, outputs=torch.stack([photos, photos]))
+    for e in edits:
+        by_hand = sum(10 * np.log10(1 / float(((x - t) ** 2).mean())) for x, t in zip(photos, e.apply(photos))) / 2
+        assert scores[e.name]["psnr"] == pytest.approx(by_hand, abs=0.05)
+        assert scores[e.name]["psnr"] == pytest.approx(scores[e.name]["identity_psnr"])
+
+
 def _chroma(x: torch.Tensor) -> float:
     """Mean colourfulness max(R, G, B) - min(R, G, B) over the pixels: 0 for any grey.
 

@@ -67,19 +67,26 @@ def mean_scores(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float
     }
 
 
-def evaluate_edits(pipe, views: torch.Tensor, edits: Sequence[Edit], **kwargs) -> dict[str, dict[str, float]]:
-    """Per edit: the model's mean PSNR / SSIM against the edit's target on ``views`` (canonical
-    instruction), and the references output = input and the VAE round trip of the target."""
+def edit_outputs(pipe, views: torch.Tensor, edits: Sequence[Edit], **kwargs) -> torch.Tensor:
+    """The model's edits of ``views`` (B, 3, H, W) with each edit's canonical instruction, as one batch:
+    (len(edits), B, 3, H, W)."""
     batch = torch.cat([views] * len(edits))
-    targets = torch.cat([e.apply(views) for e in edits])
     instructions = [e.instructions[0] for e in edits for _ in range(len(views))]
-    outputs = run_edit(pipe, batch, instructions, **kwargs)
-    limit = vae_roundtrip(pipe.vae, targets)
-    n = len(views)
+    return run_edit(pipe, batch, instructions, **kwargs).unflatten(0, (len(edits), len(views)))
+
+
+def evaluate_edits(
+    pipe, views: torch.Tensor, edits: Sequence[Edit], outputs: torch.Tensor | None = None, **kwargs
+) -> dict[str, dict[str, float]]:
+    """Per edit: the model's mean PSNR / SSIM against the edit's target on ``views`` (canonical
+    instruction), and the references output = input and the VAE round trip of the target. ``outputs``:
+    the model's edits already made by :func:`edit_outputs` (otherwise they are made here)."""
+    if outputs is None:
+        outputs = edit_outputs(pipe, views, edits, **kwargs)
     results = {}
-    for i, e in enumerate(edits):
-        sl = slice(i * n, (i + 1) * n)
-        model, identity, vae = (mean_scores(x[sl], targets[sl]) for x in (outputs, batch, limit))
+    for e, out in zip(edits, outputs):
+        targets = e.apply(views)
+        model, identity, vae = (mean_scores(x, targets) for x in (out, views, vae_roundtrip(pipe.vae, targets)))
         results[e.name] = {
             "psnr": model["psnr"],
             "ssim": model["ssim"],
