@@ -118,9 +118,10 @@ TASKS["cartoonizer"] = dict(
     evaluate="cartoonizer",
     accelerate=True,
     methods={"LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"},
-    # 150 steps (a training step of this tiny UNet with LoCA costs ~1.4 s on one CPU thread: 18 runs must fit
-    # in about 40 minutes on 2 cores); lrs at the top of the task comparisons' grids, where all three chose
-    lrs={"loca": [3e-2, 1e-1], "fourierft": [3e-2, 1e-1], "lora": [3e-3, 1e-2]},
+    # 150 steps (a training step of this UNet with LoCA costs ~3 s on one CPU thread: the 21 runs take about
+    # 80 minutes on 2 cores). Three lrs each, a factor ~3 apart: the two-lr grids had FourierFT and LoRA choose
+    # their top lr and LoCA its bottom one, so each grid grew one step on that side.
+    lrs={"loca": [1e-2, 3e-2, 1e-1], "fourierft": [3e-2, 1e-1, 3e-1], "lora": [3e-3, 1e-2, 3e-2]},
     ablations={
         "LoCA (alternating, central differences)": [],
         "V1: fixed random locations": ["--schedule_variant", "fixed"],
@@ -238,6 +239,15 @@ def run_command(task: dict, adapter: str, lr: float, seed: int, extra: list[str]
     return [sys.executable, str(ROOT / "train" / task["script"])] + args + phase_args(task, seed) + extra
 
 
+def run_tag(name: str, adapter: str, lr: float, seed: int, extra: Optional[list[str]] = None) -> str:
+    """The folder of one run under ``WORK``. An ablation variant's names its flags' values and its lr: a
+    finished run is reused by name, so a variant run at another lr (before the comparison chose anew) must
+    not pass for this one."""
+    if extra:
+        return f"{name}-ablation/{'-'.join(extra[1::2])}-lr{lr:g}-s{seed}"
+    return f"{name}/{adapter}-lr{lr:g}-s{seed}"
+
+
 def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], tag: str) -> dict:
     out = WORK / tag
     done = out / "all_results.json"
@@ -317,7 +327,7 @@ def ship_adapter(name: str, rows: dict, target: Path) -> None:
     row = rows.get("LoCA")
     if row is None or row["lr"] is None or not row["runs"]:
         sys.exit("--ship: LoCA's seed-1 run is not finished")
-    source = WORK / f"{name}/loca-lr{row['lr']:g}-s1"
+    source = WORK / run_tag(name, "loca", row["lr"], 1)
     target.mkdir(parents=True, exist_ok=True)
     for f in ("adapter_config.json", "adapter_model.safetensors", "README.md", "locations.png", "samples.png"):
         shutil.copy2(source / f, target / f)
@@ -352,7 +362,7 @@ def prefetch(jobs: list[tuple]) -> None:
 def all_finished(name: str, adapter: str) -> bool:
     """Whether every selection run of ``adapter`` has finished (without starting any)."""
     lrs = TASKS[name]["lrs"][adapter]
-    return len(lrs) > 1 and all((WORK / f"{name}/{adapter}-lr{lr:g}-s0" / "all_results.json").is_file() for lr in lrs)
+    return len(lrs) > 1 and all((WORK / run_tag(name, adapter, lr, 0) / "all_results.json").is_file() for lr in lrs)
 
 
 def search_lr(name: str, adapter: str) -> tuple[float, dict]:
@@ -361,7 +371,7 @@ def search_lr(name: str, adapter: str) -> tuple[float, dict]:
     candidates = task["lrs"][adapter]
     if len(candidates) == 1:  # nothing to choose, no selection run
         return candidates[0], {}
-    search = {lr: run_one(task, adapter, lr, 0, [], f"{name}/{adapter}-lr{lr:g}-s0") for lr in candidates}
+    search = {lr: run_one(task, adapter, lr, 0, [], run_tag(name, adapter, lr, 0)) for lr in candidates}
     search = {lr: r for lr, r in search.items() if r is not None}
     if task.get("selection_args"):  # chosen on the validation split, never on the test split
         wrong = {lr: r.get("eval_split") for lr, r in search.items() if r.get("eval_split") != "validation"}
@@ -386,9 +396,9 @@ def compare(name: str, seeds: int, adapters: Optional[set[str]] = None) -> dict:
         return [1] if adapter == "frozen" else seed_range  # untrained, greedy decoding: one run says it all
 
     def seed_jobs(adapter: str, lr: float) -> list[tuple]:
-        return [(task, adapter, lr, s, [], f"{name}/{adapter}-lr{lr:g}-s{s}") for s in seeds_of(adapter)]
+        return [(task, adapter, lr, s, [], run_tag(name, adapter, lr, s)) for s in seeds_of(adapter)]
 
-    selection = [(task, a, lr, 0, [], f"{name}/{a}-lr{lr:g}-s0") for a, lrs in task["lrs"].items() for lr in lrs]
+    selection = [(task, a, lr, 0, [], run_tag(name, a, lr, 0)) for a, lrs in task["lrs"].items() for lr in lrs]
     selection = [job for job, lrs in zip(selection, [task["lrs"][job[1]] for job in selection]) if len(lrs) > 1]
     unsearched = [job for a, lrs in task["lrs"].items() if len(lrs) == 1 for job in seed_jobs(a, lrs[0])]
     # adapters whose selection already finished (a resumed run) go on at once, beside the others' selection
@@ -399,7 +409,7 @@ def compare(name: str, seeds: int, adapters: Optional[set[str]] = None) -> dict:
     for label, adapter in sorted(task["methods"].items(), key=lambda item: item[1] != "loca"):  # LoCA's lr first
         best, search = search_lr(name, adapter)
         runs = (
-            [run_one(task, adapter, best, s, [], f"{name}/{adapter}-lr{best:g}-s{s}") for s in seeds_of(adapter)]
+            [run_one(task, adapter, best, s, [], run_tag(name, adapter, best, s)) for s in seeds_of(adapter)]
             if best is not None
             else []
         )
@@ -416,7 +426,7 @@ def ablate(name: str, seeds: int, lr: float) -> dict:
     rows = {}
 
     def tag(extra: list[str], s: int) -> str:
-        return f"{name}/loca-lr{lr:g}-s{s}" if not extra else f"{name}-ablation/{'-'.join(extra[1::2])}-s{s}"
+        return run_tag(name, "loca", lr, s, extra)
 
     # the variants first: the unchanged LoCA runs are the comparison's, probably finished meanwhile
     ablations = task.get("ablations", ABLATIONS)
@@ -488,10 +498,7 @@ def movement(name: str, row: dict, extra: Optional[list[str]] = None) -> Optiona
 
     if row.get("adapter") != "loca" or not row.get("runs"):
         return None
-    if extra:
-        dirs = [WORK / f"{name}-ablation/{'-'.join(extra[1::2])}-s{r['seed']}" for r in row["runs"]]
-    else:
-        dirs = [WORK / f"{name}/loca-lr{row['lr']:g}-s{r['seed']}" for r in row["runs"]]
+    dirs = [WORK / run_tag(name, "loca", row["lr"], r["seed"], extra) for r in row["runs"]]
     per_run = [lm.adapter_movement(d) for d in dirs if (d / "adapter_model.safetensors").is_file()]
     return lm.summarize(per_run) if per_run else None
 

@@ -54,10 +54,12 @@ def test_comparison_picks_the_lr_by_seed_0_and_reports_fresh_seeds(finished):
 def test_ablation_reuses_the_comparison_runs(finished):
     for seed in (1, 2, 3):
         finished(f"minilm/loca-lr0.03-s{seed}", 0.8)
-        finished(f"minilm-ablation/fixed-s{seed}", 0.7)
+        finished(f"minilm-ablation/fixed-lr0.03-s{seed}", 0.7)
+        finished(f"minilm-ablation/alternate_throughout-lr0.01-s{seed}", 0.6)  # another lr: not this ablation's
     rows = bench.ablate("minilm", seeds=3, lr=0.03)
     assert [r["eval_accuracy"] for r in rows["LoCA (alternating, central differences)"]["runs"]] == [0.8] * 3
     assert [r["eval_accuracy"] for r in rows["V1: fixed random locations"]["runs"]] == [0.7] * 3
+    assert rows["V2: alternating throughout (no T_s)"]["runs"] == []
     assert rows["V3: joint (both every step until T_s)"]["runs"] == []
 
 
