@@ -1,16 +1,16 @@
-"""How far can training reach on the cartoon pairs, by which part of the embedded UNet trains? (issue 8)
+"""How far can training reach on the cartoon pairs, by which part of the embedded UNet trains? (issues 8, 21)
 
-    OMP_NUM_THREADS=1 python -m bench.cartoon_ceiling --jobs 2
+    OMP_NUM_THREADS=1 python -m bench.cartoon_ceiling --jobs 2 [--eval_steps 150 300 600 1200]
 
-The cartoonizer adapters (LoCA, FourierFT, LoRA on ``to_q/to_k/to_v/to_out.0``) all land 0.3-0.7 dB above
-output = input on the held-out photos (``cartoonizer.md``). Is that the adapters' budget, or where they sit?
-This trains whole parts of the shipped base outright, every weight of the part, no adapter, with the training
-script's loss (:func:`loca_diffusion.training.instruct_pix2pix_loss`), data and conditioning dropout:
+Is where the cartoonizer adapters (LoCA, FourierFT, LoRA on ``to_q/to_k/to_v/to_out.0``) land on the held-out
+photos (``cartoonizer.md``) the adapters' budget, or what the base can reach at all? This trains whole parts of
+the shipped base outright, every weight of the part, no adapter, with the training script's loss
+(:func:`loca_diffusion.training.instruct_pix2pix_loss`), data and conditioning dropout:
 
 - ``attention``: the projections the adapters target. Any adapter on them is a restricted update of these
   weights, so this curve is the adapters' ceiling (up to optimisation);
-- ``resnets``: the convolutional ResNet blocks (the only layers at the 32 x 32 and 16 x 16 latent levels:
-  the embedded UNet has attention on the 8 x 8 and 4 x 4 levels only);
+- ``resnets``: the convolutional ResNet blocks (the only layers at the 32 x 32 latent level, where one
+  latent pixel is 2 x 2 image pixels: attention starts at 16 x 16);
 - ``unet``: everything.
 
 Each run is one process with one torch thread (``--jobs N`` runs N at once): AdamW (weight decay 0.01),
@@ -251,7 +251,7 @@ def report(record: dict) -> str:
             "`python -m bench.cartoon_ceiling --layout_costs`: one UNet training step (forward + backward, batch 16, "
             "32 x 32 latents), CPU seconds of one thread, median of 5.",
             "",
-            "| UNet layout | parameters | s/step | x shipped |",
+            "| UNet layout | parameters | s/step | x first base |",
             "|---|---|---|---|",
             *(
                 f"| {c['layout']} | {c['parameters']:,} | {c['seconds']:.2f} | {c['seconds'] / base:.2f}x |"
