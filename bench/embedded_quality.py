@@ -243,6 +243,14 @@ def main(argv=None) -> None:
     for label, path in adapters.items():  # any PEFT method, merged: LoCA, FourierFT, LoRA
         outputs[label] = score_cartoonizer(merged_adapter_pipeline(args.model, path), views)[1]
     cartoon.update({k: cartoon_scores(v, targets, dino) for k, v in outputs.items()})
+    if "LoCA" in outputs:  # where the shipped adapter's error lies: on the target's ink lines, or off them
+        ink, loca = ink_mask(targets), outputs["LoCA"]
+        cartoon["LoCA, with the target's ink lines drawn in"] = cartoon_scores(
+            loca.masked_fill(ink, 0.0), targets, dino
+        )
+        cartoon["LoCA on the ink lines, the exact flat colours off them"] = cartoon_scores(
+            torch.where(ink, loca, targets), targets, dino
+        )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     picture_grid(
@@ -304,6 +312,15 @@ def main(argv=None) -> None:
         "",
         *cartoon_table(cartoon),
         "",
+        *(
+            [
+                "The last two rows are LoCA's output with one part made exact: what its ink lines cost, and what "
+                "its colours off the lines cost.",
+                "",
+            ]
+            if "LoCA" in outputs
+            else []
+        ),
         "Grids: `embedded_edits_grid.png` (per photo: targets row, then model row), "
         "`embedded_cartoon_grid.png` (input / target / base / adapters).",
         "",
