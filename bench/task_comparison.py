@@ -27,7 +27,8 @@ the training loop's process CPU time (the fairer cost on a shared machine), memo
 (model, data and optimizer included).
 The cartoonizer runs ``train/instruct_pix2pix_loca.py`` on the embedded model's cartoon pairs (``make assets``
 builds them under ``build/embedded/``); each finished adapter is merged into the shipped base and scored by PSNR /
-SSIM against the code-made cartoons of the held-out photos (``loca_diffusion.embedded.evaluate``); its time and
+SSIM / DINOv2 / ink F1 against the code-made cartoons of the held-out photos (``loca_diffusion.embedded.evaluate``),
+and by PSNR on training-photo views (``selection_psnr``), which is what its three lrs are chosen on; its time and
 memory are the whole training process's (model loading included), from ``os.wait4``.
 Results: ``bench/results/<task>.json`` and ``.md`` (machine info from ``bench/machine.py``).
 """
@@ -115,6 +116,9 @@ TASKS["cartoonizer"] = dict(
     ).split(),
     metric="eval_psnr",
     metrics=["eval_psnr", "eval_ssim", "eval_dinov2", "eval_ink_f1"],
+    # lrs are chosen on training-photo views (as the sampling guidance is), never on the held-out photos the
+    # table reports
+    selection_metric="selection_psnr",
     evaluate="cartoonizer",
     accelerate=True,
     methods={"LoCA": "loca", "FourierFT": "fourierft", "LoRA": "lora"},
@@ -289,6 +293,33 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
     return dict(json.loads(done.read_text()), seed=seed)
 
 
+def cartoonizer_selection_psnr(pipe) -> float:
+    """PSNR of ``pipe``'s cartoons of training-photo views (:func:`~loca_diffusion.embedded.photos.selection_views`):
+    what the cartoonizer's lr is chosen on."""
+    from loca_diffusion.embedded import RESOLUTION
+    from loca_diffusion.embedded.evaluate import score_cartoonizer
+    from loca_diffusion.embedded.photos import selection_views
+
+    views = torch.stack([x for _, x in selection_views(RESOLUTION)])
+    return score_cartoonizer(pipe, views)[0]["psnr"]
+
+
+def add_selection_score(task: dict, result: Optional[dict], out: Path) -> Optional[dict]:
+    """A finished run scored before its task had a ``selection_metric``: add the score (evaluation only)."""
+    key = task.get("selection_metric")
+    if result is None or key is None or key in result:
+        return result
+    if task.get("evaluate") != "cartoonizer":
+        raise RuntimeError(f"{out}: no {key} in its results and no way to add it; rerun it")
+    from loca_diffusion.embedded.evaluate import merged_adapter_pipeline
+
+    with EVALUATION_LOCK:
+        record = json.loads((out / "all_results.json").read_text())
+        record[key] = cartoonizer_selection_psnr(merged_adapter_pipeline(BASE_DIR, out))
+        (out / "all_results.json").write_text(json.dumps(record, indent=2))
+    return dict(result, **{key: record[key]})
+
+
 def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
     """Held-out PSNR / SSIM / DINOv2 similarity / ink-line F1 of the adapter merged into the shipped base, with
     the process's cost."""
@@ -302,10 +333,12 @@ def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
     global DINO
     DINO = DINO or DinoV2Similarity()
     views = held_out_batch(RESOLUTION)
-    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views, dino=DINO)
+    pipe = merged_adapter_pipeline(BASE_DIR, adapter_dir)
+    scores, outputs = score_cartoonizer(pipe, views, dino=DINO)
     torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
     weights = load_file(adapter_dir / "adapter_model.safetensors")
     return {
+        "selection_psnr": cartoonizer_selection_psnr(pipe),
         "eval_psnr": scores["psnr"],
         "eval_ssim": scores["ssim"],
         "eval_dinov2": scores["dinov2"],
@@ -372,6 +405,7 @@ def search_lr(name: str, adapter: str) -> tuple[float, dict]:
     if len(candidates) == 1:  # nothing to choose, no selection run
         return candidates[0], {}
     search = {lr: run_one(task, adapter, lr, 0, [], run_tag(name, adapter, lr, 0)) for lr in candidates}
+    search = {lr: add_selection_score(task, r, WORK / run_tag(name, adapter, lr, 0)) for lr, r in search.items()}
     search = {lr: r for lr, r in search.items() if r is not None}
     if task.get("selection_args"):  # chosen on the validation split, never on the test split
         wrong = {lr: r.get("eval_split") for lr, r in search.items() if r.get("eval_split") != "validation"}
@@ -379,7 +413,7 @@ def search_lr(name: str, adapter: str) -> tuple[float, dict]:
             raise RuntimeError(f"{name}/{adapter}: selection runs not evaluated on the validation split: {wrong}")
     if len(search) < len(candidates):
         return None, search  # the selection is not finished
-    return max(search, key=lambda lr: search[lr][task["metric"]]), search
+    return max(search, key=lambda lr: search[lr][task.get("selection_metric", task["metric"])]), search
 
 
 def compare(name: str, seeds: int, adapters: Optional[set[str]] = None) -> dict:
@@ -414,7 +448,7 @@ def compare(name: str, seeds: int, adapters: Optional[set[str]] = None) -> dict:
             else []
         )
         runs = [r for r in runs if r is not None]
-        search = {f"{k:g}": v[metric] for k, v in search.items()}
+        search = {f"{k:g}": v[task.get("selection_metric", metric)] for k, v in search.items()}
         rows[label] = dict(adapter=adapter, lr=best, search=search, runs=runs)
         if runs:
             print(f"{label}: lr {best:g}, {metric} {summary([r[metric] for r in runs])}", flush=True)
@@ -689,7 +723,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"Command: `{command}`",
         "",
         f"Settings: `{' '.join(task['args'])}`; seeds 1..{SEEDS} at the lr chosen with seed 0 "
-        f"(lr candidates per method: {json.dumps({k: v for k, v in task['lrs'].items()})})"
+        f"(lr candidates per method: {json.dumps({k: v for k, v in task['lrs'].items()})}"
+        + (f", chosen by `{task['selection_metric']}`" if task.get("selection_metric") else "")
+        + ")"
         + (
             f"; selection runs `{' '.join(task['selection_args'])}`, reported runs `{' '.join(task['final_args'])}`."
             if task.get("final_args")

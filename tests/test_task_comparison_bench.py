@@ -86,3 +86,27 @@ def test_ship_copies_the_chosen_loca_seed_1_run_and_names_the_shipped_base(tmp_p
     assert shipped["adapter_model.safetensors"] == "weights"
     with pytest.raises(SystemExit, match="seed-1 run is not finished"):
         bench.ship_adapter("cartoonizer", {"LoCA": {"lr": None, "runs": []}}, tmp_path / "other")
+
+
+def test_cartoonizer_lr_is_chosen_on_training_views_not_on_the_reported_photos(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    monkeypatch.setattr(bench, "FINISHED_ONLY", True)
+    # held-out PSNR prefers 0.1, the training-view PSNR prefers 0.01: the choice must follow the latter
+    for lr, held_out, selection in ((0.01, 16.0, 17.5), (0.03, 16.5, 17.0), (0.1, 17.0, 16.0)):
+        run = tmp_path / bench.run_tag("cartoonizer", "loca", lr, 0)
+        run.mkdir(parents=True)
+        (run / "all_results.json").write_text(json.dumps({"eval_psnr": held_out, "selection_psnr": selection}))
+    best, search = bench.search_lr("cartoonizer", "loca")
+    assert best == 0.01 and search[0.1]["eval_psnr"] == 17.0
+    # a selection run from before the selection score existed is not judged by the held-out score
+    lora = tmp_path / bench.run_tag("cartoonizer", "lora", 0.003, 0)
+    lora.mkdir(parents=True)
+    (lora / "all_results.json").write_text(json.dumps({"eval_psnr": 16.0}))
+    monkeypatch.setattr(bench, "cartoonizer_selection_psnr", lambda pipe: 15.5)
+    monkeypatch.setattr(bench, "BASE_DIR", "base")
+    import loca_diffusion.embedded.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "merged_adapter_pipeline", lambda base, adapter: (base, adapter))
+    result = bench.add_selection_score(bench.TASKS["cartoonizer"], {"eval_psnr": 16.0}, lora)
+    assert result["selection_psnr"] == 15.5
+    assert json.loads((lora / "all_results.json").read_text())["selection_psnr"] == 15.5
