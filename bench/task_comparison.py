@@ -305,7 +305,8 @@ def cartoonizer_selection_psnr(pipe) -> float:
 
 
 def add_selection_score(task: dict, result: Optional[dict], out: Path) -> Optional[dict]:
-    """A finished run scored before its task had a ``selection_metric``: add the score (evaluation only)."""
+    """The task's ``selection_metric`` of a finished selection (seed 0) run, added to its results the first time
+    the lr search needs it (evaluation only: the reported seeds never pay for it)."""
     key = task.get("selection_metric")
     if result is None or key is None or key in result:
         return result
@@ -333,12 +334,10 @@ def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
     global DINO
     DINO = DINO or DinoV2Similarity()
     views = held_out_batch(RESOLUTION)
-    pipe = merged_adapter_pipeline(BASE_DIR, adapter_dir)
-    scores, outputs = score_cartoonizer(pipe, views, dino=DINO)
+    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views, dino=DINO)
     torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
     weights = load_file(adapter_dir / "adapter_model.safetensors")
     return {
-        "selection_psnr": cartoonizer_selection_psnr(pipe),
         "eval_psnr": scores["psnr"],
         "eval_ssim": scores["ssim"],
         "eval_dinov2": scores["dinov2"],
