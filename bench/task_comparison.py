@@ -52,7 +52,6 @@ import torch  # noqa: E402
 
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.stats import mean_ci  # noqa: E402
-from loca_diffusion.embedded import BASE_DIR  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORK = RESULTS / "tmp"
@@ -104,11 +103,14 @@ TASKS = {
     ),
 }
 EMBEDDED = Path("build") / "embedded"  # relative to ROOT, where the runs start (paths in the results stay portable)
+# The base the cartoonizer runs train on, and the one they are scored on: the float32 copy of the last
+# `--stage export`. Scoring on the shipped assets instead silently mixes bases whenever build/ holds a newer one.
+CARTOON_BASE = EMBEDDED / "base_fp32"
 TASKS["cartoonizer"] = dict(
     script="instruct_pix2pix_loca.py",
     title="Cartoonizer on the embedded tiny InstructPix2Pix (UNet to_q/to_k/to_v/to_out.0, 64 px)",
     args=(
-        f"--pretrained_model_name_or_path {EMBEDDED / 'base_fp32'} --train_data_dir {EMBEDDED / 'cartoon_pairs'} "
+        f"--pretrained_model_name_or_path {CARTOON_BASE} --train_data_dir {EMBEDDED / 'cartoon_pairs'} "
         "--resolution 64 --random_flip --sample_paraphrases --train_batch_size 8 --max_train_steps 150 "
         "--n_frequency 512 --location_training_steps 60 --coefficient_steps 10 --location_steps 10 "
         "--location_lr 1e-3 --checkpointing_steps 100000 "
@@ -316,14 +318,14 @@ def add_selection_score(task: dict, result: Optional[dict], out: Path) -> Option
 
     with EVALUATION_LOCK:
         record = json.loads((out / "all_results.json").read_text())
-        record[key] = cartoonizer_selection_psnr(merged_adapter_pipeline(BASE_DIR, out))
+        record[key] = cartoonizer_selection_psnr(merged_adapter_pipeline(ROOT / CARTOON_BASE, out))
         (out / "all_results.json").write_text(json.dumps(record, indent=2))
     return dict(result, **{key: record[key]})
 
 
 def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
-    """Held-out PSNR / SSIM / DINOv2 similarity / ink-line F1 of the adapter merged into the shipped base, with
-    the process's cost."""
+    """Held-out PSNR / SSIM / DINOv2 similarity / ink-line F1 of the adapter merged into the base it trained on
+    (:data:`CARTOON_BASE`), with the process's cost."""
     from safetensors.torch import load_file
 
     from loca_diffusion.embedded import RESOLUTION
@@ -334,7 +336,7 @@ def evaluate_cartoonizer(adapter_dir: Path, wall: float, usage) -> dict:
     global DINO
     DINO = DINO or DinoV2Similarity()
     views = held_out_batch(RESOLUTION)
-    scores, outputs = score_cartoonizer(merged_adapter_pipeline(BASE_DIR, adapter_dir), views, dino=DINO)
+    scores, outputs = score_cartoonizer(merged_adapter_pipeline(ROOT / CARTOON_BASE, adapter_dir), views, dino=DINO)
     torch.save(outputs, adapter_dir / "held_out_outputs.pt")  # for the comparison's picture grid
     weights = load_file(adapter_dir / "adapter_model.safetensors")
     return {
@@ -364,7 +366,7 @@ def ship_adapter(name: str, rows: dict, target: Path) -> None:
     for f in ("adapter_config.json", "adapter_model.safetensors", "README.md", "locations.png", "samples.png"):
         shutil.copy2(source / f, target / f)
     for f in ("README.md", "adapter_config.json"):  # name the shipped base, not this machine's training copy
-        text = (target / f).read_text().replace(str(EMBEDDED / "base_fp32"), "assets/tiny-instruct-pix2pix")
+        text = (target / f).read_text().replace(str(CARTOON_BASE), "assets/tiny-instruct-pix2pix")
         (target / f).write_text(text)
     print(f"shipped {source} -> {target}")
 

@@ -103,10 +103,14 @@ def test_cartoonizer_lr_is_chosen_on_training_views_not_on_the_reported_photos(t
     lora.mkdir(parents=True)
     (lora / "all_results.json").write_text(json.dumps({"eval_psnr": 16.0}))
     monkeypatch.setattr(bench, "cartoonizer_selection_psnr", lambda pipe: 15.5)
-    monkeypatch.setattr(bench, "BASE_DIR", "base")
     import loca_diffusion.embedded.evaluate as evaluate
 
-    monkeypatch.setattr(evaluate, "merged_adapter_pipeline", lambda base, adapter: (base, adapter))
+    merged = []
+    monkeypatch.setattr(evaluate, "merged_adapter_pipeline", lambda base, adapter: merged.append((base, adapter)))
     result = bench.add_selection_score(bench.TASKS["cartoonizer"], {"eval_psnr": 16.0}, lora)
     assert result["selection_psnr"] == 15.5
+    # scored on the base the run trained on, not on the shipped assets (they differ while a new base is built)
+    args = bench.TASKS["cartoonizer"]["args"]
+    trained_on = args[args.index("--pretrained_model_name_or_path") + 1]
+    assert merged == [(bench.ROOT / trained_on, lora)]
     assert json.loads((lora / "all_results.json").read_text())["selection_psnr"] == 15.5
