@@ -129,6 +129,8 @@ def write_cartoon_references(out: Path, model: str | Path = BASE_DIR) -> dict:
     vae = AutoencoderKL.from_pretrained(Path(model) / "vae", torch_dtype=torch.float32).eval()
     rows[CARTOON_OF_VAE_INPUT] = cartoon_scores(cartoon_targets(vae_roundtrip(vae, views)), targets, dino)
     ink = ink_mask(targets).float().mean(dim=(1, 2, 3))
+    shown_model = Path(model).resolve()  # the repository-relative path when it is inside the checkout
+    shown_model = shown_model.relative_to(ROOT) if shown_model.is_relative_to(ROOT) else shown_model
     result = {
         "held_out_photos": names,
         "resolution": RESOLUTION,
@@ -141,8 +143,7 @@ def write_cartoon_references(out: Path, model: str | Path = BASE_DIR) -> dict:
         "# Cartoon target: where its distance from the input lies",
         "",
         "Reproduce: `python -m bench.embedded_quality --cartoon_references` (code-made outputs and the VAE of "
-        f"`{Path(model).resolve().relative_to(ROOT) if Path(model).resolve().is_relative_to(ROOT) else model}`; "
-        "no sampling).",
+        f"`{shown_model}`; no sampling).",
         f"Held-out photos: {', '.join(names)}; {RESOLUTION} px centre views; the cartoonizer's target style "
         "(`loca_diffusion.embedded.edits.CARTOON_STYLE`).",
         "",
