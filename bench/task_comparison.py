@@ -254,6 +254,27 @@ def run_tag(name: str, adapter: str, lr: float, seed: int, extra: Optional[list[
     return f"{name}/{adapter}-lr{lr:g}-s{seed}"
 
 
+DRIVER_PID = "driver.pid"
+
+
+def driver_alive(out: Path) -> bool:
+    """Whether a live process other than this one is running the unfinished run in ``out`` (the PID its driver
+    wrote there). A folder left by a killed driver is not waited for: it is trained again from the start."""
+    try:
+        pid = int((out / DRIVER_PID).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], tag: str) -> dict:
     out = WORK / tag
     done = out / "all_results.json"
@@ -261,7 +282,7 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         return dict(json.loads(done.read_text()), seed=seed)
     if FINISHED_ONLY:
         return None
-    while out.is_dir() and time.time() - out.stat().st_mtime < 1800 and not done.is_file():
+    while not done.is_file() and driver_alive(out):
         time.sleep(20)  # another driver (e.g. the ablation beside the comparison) is running it right now
     if done.is_file():
         return dict(json.loads(done.read_text()), seed=seed)
@@ -279,6 +300,7 @@ def run_one(task: dict, adapter: str, lr: float, seed: int, extra: list[str], ta
         command[1:1] = launch.split() + ["--dynamo_backend", "no"]
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    (out / DRIVER_PID).write_text(str(os.getpid()))
     with open(out / "train.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time and peak RSS

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +116,50 @@ def test_cartoonizer_lr_is_chosen_on_training_views_not_on_the_reported_photos(t
     trained_on = args[args.index("--pretrained_model_name_or_path") + 1]
     assert merged == [(bench.ROOT / trained_on, lora)]
     assert json.loads((lora / "all_results.json").read_text())["selection_psnr"] == 15.5
+
+
+def test_an_unfinished_run_is_waited_for_only_while_its_driver_lives(tmp_path, monkeypatch):
+    """A run folder left by a killed driver is trained again at once; one a live driver is training is waited
+    for (the ablation and the comparison share runs) until its results appear."""
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    task = dict(args=[], script="unused.py")
+    trained = []
+    real_popen = subprocess.Popen  # bench.subprocess is the one subprocess module
+
+    def fake_popen(command, stdout, **kwargs):  # stands in for the training script: writes its results
+        out = tmp_path / command[command.index("--output_dir") + 1]
+        trained.append(out.name)
+        (out / "all_results.json").write_text(json.dumps(dict(eval_accuracy=0.9)))
+        return real_popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(bench.subprocess, "Popen", fake_popen)
+
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    dead = real_popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its PID names no process now
+    (stale / bench.DRIVER_PID).write_text(str(dead.pid))
+    assert not bench.driver_alive(stale)
+    assert bench.run_one(task, "loca", 0.01, 1, [], "stale")["eval_accuracy"] == 0.9
+    assert trained == ["stale"]
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    other = real_popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (busy / bench.DRIVER_PID).write_text(str(other.pid))
+        assert bench.driver_alive(busy)
+        checks = []
+
+        def finish_after_a_few_checks(seconds):  # the other driver writes its results on the third check
+            checks.append(seconds)
+            if len(checks) == 3:
+                (busy / "all_results.json").write_text(json.dumps(dict(eval_accuracy=0.7)))
+
+        monkeypatch.setattr(bench.time, "sleep", finish_after_a_few_checks)
+        assert bench.run_one(task, "loca", 0.01, 1, [], "busy")["eval_accuracy"] == 0.7
+        assert len(checks) == 3 and trained == ["stale"]  # waited, never trained it itself
+    finally:
+        other.kill()
+        other.wait()
