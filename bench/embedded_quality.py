@@ -116,6 +116,15 @@ def cartoon_table(rows: dict[str, dict[str, float]]) -> list[str]:
     ]
 
 
+def write_result(out: Path, result: dict, lines: list[str]) -> dict:
+    """``out``.json (``result`` and the machine it ran on) and ``out``.md (``lines``, also printed)."""
+    result = {**result, "machine": machine_info(torch.device("cpu"))}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return result
+
+
 def write_cartoon_references(out: Path, model: str | Path = BASE_DIR) -> dict:
     """The cartoon target's reference rows on the held-out views, without sampling: what doing nothing, the
     exact flat colours alone and the input with the target's ink lines score against it; and, with the VAE of
@@ -137,9 +146,7 @@ def write_cartoon_references(out: Path, model: str | Path = BASE_DIR) -> dict:
         "resolution": RESOLUTION,
         "ink_fraction": {n: round(float(f), 4) for n, f in zip(names, ink)},
         "rows": rows,
-        "machine": machine_info(torch.device("cpu")),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Cartoon target: where its distance from the input lies",
         "",
@@ -160,9 +167,7 @@ def write_cartoon_references(out: Path, model: str | Path = BASE_DIR) -> dict:
         "decoder does.",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return result
+    return write_result(out, result, lines)
 
 
 def write_sample_spread(out: Path, model: str | Path, adapter: str | Path, samples: int = 6) -> dict:
@@ -183,9 +188,7 @@ def write_sample_spread(out: Path, model: str | Path, adapter: str | Path, sampl
         "adapter": str(adapter),
         "held_out_photos": names,
         "rows": rows,
-        "machine": machine_info(torch.device("cpu")),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Cartoonizer: one sample against the mean of several",
         "",
@@ -201,9 +204,7 @@ def write_sample_spread(out: Path, model: str | Path, adapter: str | Path, sampl
         "is the model's uncertainty about where a 1-px line goes, which a sample resolves at random.",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return result
+    return write_result(out, result, lines)
 
 
 # (guidance_scale, image_guidance_scale) candidates: no guidance, and text guidance at a few strengths
