@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from bench.machine import machine_info, machine_line  # noqa: E402
+from bench.report import write_markdown  # noqa: E402
 from loca_diffusion.embedded.models import ATTENTION_LAYOUTS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -266,12 +267,7 @@ def write_report(record: dict) -> str:
     """``cartoon_ceiling.json`` and ``.md``; a hand-written ``## Reading`` in the old report survives."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cartoon_ceiling.json").write_text(json.dumps(record, indent=2))
-    text, path = report(record), RESULTS / "cartoon_ceiling.md"
-    previous = path.read_text() if path.is_file() else ""
-    if "\n## Reading" in previous:  # check it against the new numbers
-        text += "\n## Reading" + previous.split("\n## Reading", 1)[1].rstrip() + "\n"
-    path.write_text(text)
-    return text
+    return write_markdown(RESULTS / "cartoon_ceiling.md", report(record))
 
 
 def main(argv=None) -> None:

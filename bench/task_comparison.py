@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch  # noqa: E402
 
 from bench.machine import machine_info, machine_line  # noqa: E402
+from bench.report import write_markdown  # noqa: E402
 from bench.stats import mean_ci  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -761,12 +762,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         machine_line(info),
         "",
     ]
-    md = out.with_suffix(".md")
-    previous = md.read_text() if md.is_file() else ""
-    if "\n## Reading" in previous:  # the hand-written reading of the numbers survives a re-run (check it!)
-        lines += ["## Reading" + previous.split("\n## Reading", 1)[1].rstrip(), ""]
-    md.write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(write_markdown(out.with_suffix(".md"), "\n".join(lines)))
 
 
 if __name__ == "__main__":
