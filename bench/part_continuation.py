@@ -1,0 +1,266 @@
+"""Does more practice on the parts of a cartoon lift the cartoonizer? (issue 21)
+
+The shipped base draws its ink-line edits weakly (``embedded_quality.md``: black outlines +0.7 dB over output =
+input). This probe continues the base's own pretraining from the shipped weights, with the same loss, data and
+conditioning dropout as ``train/pretrain_tiny_pix2pix.py --stage unet``, for ``--steps`` more steps, drawing
+the parts of a cartoon (``PART_EDITS``) ``--part_weight`` times as often as each other edit; ``--part_weight
+1`` is the control (the same extra steps, the pretraining's uniform mix). The cartoon itself stays out. Then
+the LoCA cartoonizer is trained on the continued base exactly as in ``bench/results/cartoonizer.md`` (lr 0.01,
+``--seeds``) and scored on the held-out photos::
+
+    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 4 &
+    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 1
+    python -m bench.part_continuation --report     # -> bench/results/part_continuation.{md,json}
+
+Each run works in ``build/probe/part-w<weight>/`` (``run.log``, the continued bases ``step<N>/``, the adapters
+``cartoonizer/``; finished steps are not repeated). Needs ``build/embedded/cartoon_pairs`` (``make assets`` builds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+import pretrain_tiny_pix2pix as pretrain  # noqa: E402
+
+from bench import task_comparison as tc  # noqa: E402
+from bench.machine import machine_info, machine_line  # noqa: E402
+from bench.report import write_markdown  # noqa: E402
+from bench.stats import mean_ci  # noqa: E402
+from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
+from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS, cartoon_targets  # noqa: E402
+from loca_diffusion.embedded.evaluate import cartoon_scores, evaluate_edits, score_cartoonizer  # noqa: E402
+from loca_diffusion.embedded.metrics import DinoV2Similarity  # noqa: E402
+from loca_diffusion.embedded.models import build_scheduler  # noqa: E402
+from loca_diffusion.embedded.photos import held_out_batch  # noqa: E402
+from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
+from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
+
+PROBE = Path("build") / "probe"  # relative to ROOT
+RESULTS = ROOT / "bench" / "results" / "part_continuation"
+# the parts, and three shipped edits whose 3 dB margin the extra steps must not eat
+WATCHED = ("invert", "warm", "blur", "flat_colors", "black_outlines", "line_drawing", "smooth")
+EVAL_LINE = re.compile(r"^step (\d+): (.*)$")
+LOCA_LR = 0.01  # LoCA's lr in cartoonizer.md, chosen on training views on the shipped base
+
+
+def run_dir(weight: float) -> Path:
+    return ROOT / PROBE / f"part-w{weight:g}"
+
+
+def log(weight: float, line: str) -> None:
+    """Print ``line`` and append it to the run's ``run.log`` (what :func:`report` reads)."""
+    print(line, flush=True)
+    with open(run_dir(weight) / "run.log", "a") as f:
+        f.write(line + "\n")
+
+
+def edit_weights(part_weight: float) -> torch.Tensor:
+    """Sampling weight of each pretraining edit: the parts of a cartoon ``part_weight``, every other edit 1."""
+    return torch.tensor([part_weight if e in PART_EDITS else 1.0 for e in PRETRAINING_EDITS])
+
+
+def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) -> Path:
+    """Continue the shipped base's pretraining (EMA weights exported at ``eval_every`` steps); returns the last."""
+    out = run_dir(weight)
+    last = out / f"step{steps}"
+    if (last / "model_index.json").is_file():
+        return last
+    out.mkdir(parents=True, exist_ok=True)
+    pretrain.WORK = out  # the latent bank of the shipped VAE lives here, never in build/embedded
+    pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(ROOT / BASE_DIR, dtype=torch.float32)
+    pipe.text_encoder.to(torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    vae, unet, text_encoder = pipe.vae.eval().requires_grad_(False), pipe.unet, pipe.text_encoder
+    bank = pretrain.build_latent_bank(vae, 1500, 0)
+    scaling = vae.config.scaling_factor  # the shipped UNet's latent scale, not the new bank's estimate
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    tokenizer = build_clip_tokenizer(out / "tokenizer")
+    tokens = [
+        tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
+        for e in PRETRAINING_EDITS
+    ]
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    weights = edit_weights(weight)
+    scheduler, gen = build_scheduler(), torch.Generator().manual_seed(1)
+    n, views, p = bank["inputs"].shape[0], held_out_batch(RESOLUTION), 0.05
+    watched = [e for e in PRETRAINING_EDITS if e.name in WATCHED]
+
+    def evaluate(step: int) -> None:
+        pipe.unet, pipe.text_encoder = ema_unet.eval(), ema_text.eval()
+        scores = evaluate_edits(pipe, views, watched, steps=10)
+        log(
+            weight,
+            f"step {step}: " + ", ".join(f"{k} {v['psnr']:.2f}/{v['identity_psnr']:.2f}" for k, v in scores.items()),
+        )
+        pipe.save_pretrained(out / f"step{step}", safe_serialization=True)
+
+    evaluate(0)
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    for step in range(1, steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 100)
+        b = 16
+        idx = torch.randint(n, (b,), generator=gen)
+        which = torch.multinomial(weights, b, replacement=True, generator=gen)
+        latents = bank["edited"][idx, which].float() * scaling
+        image_latents = bank["inputs"][idx].float()
+        ids = torch.stack([tokens[e][int(torch.randint(len(tokens[e]), (1,), generator=gen))] for e in which.tolist()])
+        u = torch.rand(b, generator=gen)  # the pretraining's conditioning dropout
+        ids[u < 2 * p] = empty
+        image_latents = image_latents * (1 - ((u >= p) & (u < 3 * p)).float()).view(b, 1, 1, 1)
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(1000, (b,), generator=gen)
+        noisy = torch.cat([scheduler.add_noise(latents, noise, t), image_latents], 1)
+        loss = F.mse_loss(unet(noisy, t, text_encoder(ids)[0]).sample, scheduler.get_velocity(latents, noise, t))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - min(0.999, (1 + step) / (10 + step)))
+        if step % 50 == 0:
+            log(weight, f"step {step} loss {loss.item():.4f} {step / (time.time() - start):.2f} step/s")
+        if step % eval_every == 0:
+            evaluate(step)
+            unet.train()
+            text_encoder.train()
+    return last
+
+
+def train_cartoonizers(weight: float, base: Path, seeds: list[int]) -> list[dict]:
+    """LoCA cartoonizers on ``base``, as ``bench.task_comparison cartoonizer`` trains and scores them."""
+    tc.CARTOON_BASE = base.relative_to(ROOT)
+    tc.WORK = run_dir(weight) / "cartoonizer"
+    task = dict(tc.TASKS["cartoonizer"])
+    args = list(task["args"])
+    args[args.index("--pretrained_model_name_or_path") + 1] = str(tc.CARTOON_BASE)
+    task["args"] = args
+    return [tc.run_one(task, "loca", LOCA_LR, seed, [], f"loca-lr{LOCA_LR:g}-s{seed}") for seed in seeds]
+
+
+def base_alone(weight: float, base: Path) -> dict[str, float]:
+    """The continued base given the cartoon instruction, no adapter (the issue's second bar is this + 2 dB)."""
+    path = run_dir(weight) / "base_alone.json"
+    if not path.is_file():
+        pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(base, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        views = held_out_batch(RESOLUTION)
+        scores = score_cartoonizer(pipe, views, dino=DinoV2Similarity())[0]
+        scores["identity_psnr"] = cartoon_scores(views, cartoon_targets(views))["psnr"]
+        path.write_text(json.dumps(scores, indent=2))
+    return json.loads(path.read_text())
+
+
+def read_evaluations(log: Path) -> dict[int, dict[str, tuple[float, float]]]:
+    """{step: {edit: (model PSNR, output = input PSNR)}} from a run's log."""
+    evals = {}
+    for line in log.read_text().splitlines():
+        m = EVAL_LINE.match(line)
+        if m:
+            pairs = (item.rsplit(" ", 1) for item in m.group(2).split(", "))
+            evals[int(m.group(1))] = {k: tuple(float(x) for x in v.split("/")) for k, v in pairs}
+    return evals
+
+
+def report() -> None:
+    """Write ``bench/results/part_continuation.{md,json}`` from every ``build/probe/part-w*`` run."""
+    runs = {}
+    for d in sorted((ROOT / PROBE).glob("part-w*"), key=lambda d: -float(d.name.removeprefix("part-w"))):
+        weight = float(d.name.removeprefix("part-w"))
+        results = [json.loads(f.read_text()) for f in sorted((d / "cartoonizer").glob("*/all_results.json"))]
+        alone = d / "base_alone.json"
+        runs[weight] = {
+            "evaluations": read_evaluations(d / "run.log"),
+            "cartoonizer": results,
+            "base_alone": json.loads(alone.read_text()) if alone.is_file() else None,
+        }
+    record = {"machine": machine_info(torch.device("cpu")), "runs": {f"{w:g}": r for w, r in runs.items()}}
+    lines = [
+        "# More practice on the parts of a cartoon: continued pretraining of the shipped base",
+        "",
+        "Reproduce: `python -m bench.part_continuation --part_weight W` for W in 4 and 1, then `--report`.",
+        "Held-out photos, PSNR dB of the model's edit / of output = input (10 DDIM steps, guidance 2 / 1.5, seed 0);",
+        "the LoCA cartoonizer (lr 0.01, 150 steps) and the base alone on the continued base: the comparison's",
+        "settings and scoring (20 DDIM steps). Each continuation: 1,500 steps at batch 16, ~21 min on one thread.",
+        "",
+    ]
+    for weight, run in runs.items():
+        evals = run["evaluations"]
+        label = "the control: uniform mix" if weight == 1 else f"parts of a cartoon drawn {weight:g}x as often"
+        lines += [f"## Part weight {weight:g} ({label})", ""]
+        lines += ["| step | " + " | ".join(WATCHED) + " |", "|---" * (len(WATCHED) + 1) + "|"]
+        for step, scores in sorted(evals.items()):
+            cells = [
+                f"{scores[k][0]:.2f} ({scores[k][0] - scores[k][1]:+.2f})" if k in scores else "" for k in WATCHED
+            ]
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+        psnrs = [r["eval_psnr"] for r in run["cartoonizer"]]
+        if psnrs:
+            lo, hi = mean_ci(psnrs)[1:] if len(psnrs) > 1 else (psnrs[0], psnrs[0])
+            lines += [
+                "",
+                f"LoCA cartoonizer on the last step, {len(psnrs)} seed(s): PSNR "
+                + ", ".join(f"{v:.2f}" for v in psnrs)
+                + f" (mean {sum(psnrs) / len(psnrs):.2f}, 95% CI [{lo:.2f}, {hi:.2f}]); DINOv2 "
+                + ", ".join(f"{r['eval_dinov2']:.3f}" for r in run["cartoonizer"])
+                + "; ink F1 "
+                + ", ".join(f"{r['eval_ink_f1']:.3f}" for r in run["cartoonizer"]),
+            ]
+        alone = run["base_alone"]
+        if alone:
+            lines += [
+                "",
+                f"The continued base alone, cartoon instruction: PSNR {alone['psnr']:.2f}"
+                f" (DINOv2 {alone['dinov2']:.3f},"
+                f" ink F1 {alone['ink_f1']:.3f}). Bars: output = input + 2 = {alone['identity_psnr'] + 2:.2f},"
+                f" base + 2 = {alone['psnr'] + 2:.2f}.",
+            ]
+        lines.append("")
+    lines.append(machine_line(record["machine"]))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    print(write_markdown(RESULTS.with_suffix(".md"), "\n".join(lines) + "\n"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part_weight", type=float, default=4.0, help="how much more often the parts are drawn")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-4, help="after 100 warm-up steps, constant")
+    p.add_argument("--eval_every", type=int, default=500)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="LoCA cartoonizer seeds on the last step")
+    p.add_argument("--report", action="store_true", help="only write bench/results/part_continuation.{md,json}")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.report:
+        report()
+        return
+    base = continue_pretraining(args.part_weight, args.steps, args.lr, args.eval_every)
+    for result in train_cartoonizers(args.part_weight, base, args.seeds):
+        log(args.part_weight, f"LoCA cartoonizer seed {result['seed']}: held-out PSNR {result['eval_psnr']:.2f} dB")
+    log(
+        args.part_weight,
+        f"base alone, cartoon instruction: held-out PSNR {base_alone(args.part_weight, base)['psnr']:.2f} dB",
+    )
+
+
+if __name__ == "__main__":
+    main()
