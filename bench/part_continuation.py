@@ -38,12 +38,19 @@ from bench import task_comparison as tc  # noqa: E402
 from bench.machine import machine_info, machine_line  # noqa: E402
 from bench.report import write_markdown  # noqa: E402
 from bench.stats import mean_ci  # noqa: E402
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
-from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS, cartoon_targets  # noqa: E402
+from loca_diffusion.embedded.edits import (  # noqa: E402
+    CARTOON_INSTRUCTION,
+    PART_EDITS,
+    PRETRAINING_EDITS,
+    Edit,
+    cartoon_targets,
+)
 from loca_diffusion.embedded.evaluate import cartoon_scores, evaluate_edits, score_cartoonizer  # noqa: E402
 from loca_diffusion.embedded.metrics import DinoV2Similarity  # noqa: E402
 from loca_diffusion.embedded.models import build_scheduler  # noqa: E402
-from loca_diffusion.embedded.photos import held_out_batch  # noqa: E402
+from loca_diffusion.embedded.photos import RandomCrops, held_out_batch, require_photos  # noqa: E402
 from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
@@ -52,28 +59,52 @@ RESULTS = ROOT / "bench" / "results" / "part_continuation"
 # the parts, and three shipped edits whose 3 dB margin the extra steps must not eat
 WATCHED = ("invert", "warm", "blur", "flat_colors", "black_outlines", "line_drawing", "smooth")
 EVAL_LINE = re.compile(r"^step (\d+): (.*)$")
+RUN_NAME = re.compile(r"part-w([\d.]+)(?:-cartoon([\d.]+))?")
+# only in the upper-bound probe: what the UNet itself makes of the cartoon when it is a pretraining edit
+CARTOON_EDIT = Edit("cartoon", cartoon_targets, (CARTOON_INSTRUCTION, *CARTOONIZATION_PARAPHRASES))
 LOCA_LR = 0.01  # LoCA's lr in cartoonizer.md, chosen on training views on the shipped base
 
 
-def run_dir(weight: float) -> Path:
-    return ROOT / PROBE / f"part-w{weight:g}"
+def run_dir(part_weight: float, cartoon_weight: float = 0.0) -> Path:
+    name = f"part-w{part_weight:g}" + (f"-cartoon{cartoon_weight:g}" if cartoon_weight else "")
+    return ROOT / PROBE / name
 
 
-def log(weight: float, line: str) -> None:
+def log(out: Path, line: str) -> None:
     """Print ``line`` and append it to the run's ``run.log`` (what :func:`report` reads)."""
     print(line, flush=True)
-    with open(run_dir(weight) / "run.log", "a") as f:
+    with open(out / "run.log", "a") as f:
         f.write(line + "\n")
 
 
-def edit_weights(part_weight: float) -> torch.Tensor:
-    """Sampling weight of each pretraining edit: the parts of a cartoon ``part_weight``, every other edit 1."""
-    return torch.tensor([part_weight if e in PART_EDITS else 1.0 for e in PRETRAINING_EDITS])
+def edit_mix(part_weight: float, cartoon_weight: float = 0.0) -> tuple[tuple[Edit, ...], torch.Tensor]:
+    """The edits of the continued pretraining and how often each is drawn: the parts of a cartoon
+    ``part_weight``, every other pretraining edit 1; the cartoon itself only with ``cartoon_weight`` > 0 (the
+    upper-bound probe, never a base an adapter is trained on)."""
+    edits = PRETRAINING_EDITS + ((CARTOON_EDIT,) if cartoon_weight else ())
+    weights = [cartoon_weight if e is CARTOON_EDIT else part_weight if e in PART_EDITS else 1.0 for e in edits]
+    return edits, torch.tensor(weights)
 
 
-def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) -> Path:
+@torch.no_grad()
+def cartoon_latents(vae, bank: dict, seed: int) -> torch.Tensor:
+    """Latents of the cartoons of the bank's crops, replaying ``build_latent_bank``'s crops (checked on the inputs)."""
+    crops = RandomCrops(require_photos(held_out=False), RESOLUTION)
+    gen = torch.Generator().manual_seed(seed + 2)  # build_latent_bank's crop generator
+    n, out = bank["inputs"].shape[0], []
+    for i in range(0, n, 50):
+        x = crops.sample(min(50, n - i), gen)
+        replayed = vae.encode(x * 2 - 1).latent_dist.mean
+        if not torch.allclose(replayed, bank["inputs"][i : i + len(x)].float(), atol=2e-2):
+            raise RuntimeError("the replayed crops are not the latent bank's: rebuild the bank")
+        out.append(vae.encode(cartoon_targets(x) * 2 - 1).latent_dist.mean.half())
+    return torch.cat(out)
+
+
+def continue_pretraining(
+    out: Path, part_weight: float, cartoon_weight: float, steps: int, lr: float, eval_every: int
+) -> Path:
     """Continue the shipped base's pretraining (EMA weights exported at ``eval_every`` steps); returns the last."""
-    out = run_dir(weight)
     last = out / f"step{steps}"
     if (last / "model_index.json").is_file():
         return last
@@ -84,6 +115,9 @@ def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) 
     pipe.set_progress_bar_config(disable=True)
     vae, unet, text_encoder = pipe.vae.eval().requires_grad_(False), pipe.unet, pipe.text_encoder
     bank = pretrain.build_latent_bank(vae, 1500, 0)
+    edits, weights = edit_mix(part_weight, cartoon_weight)
+    if cartoon_weight:
+        bank["edited"] = torch.cat([bank["edited"], cartoon_latents(vae, bank, 0)[:, None]], 1)
     scaling = vae.config.scaling_factor  # the shipped UNet's latent scale, not the new bank's estimate
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
@@ -93,19 +127,18 @@ def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) 
     tokenizer = build_clip_tokenizer(out / "tokenizer")
     tokens = [
         tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
-        for e in PRETRAINING_EDITS
+        for e in edits
     ]
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-    weights = edit_weights(weight)
     scheduler, gen = build_scheduler(), torch.Generator().manual_seed(1)
     n, views, p = bank["inputs"].shape[0], held_out_batch(RESOLUTION), 0.05
-    watched = [e for e in PRETRAINING_EDITS if e.name in WATCHED]
+    watched = [e for e in edits if e.name in WATCHED or e is CARTOON_EDIT]
 
     def evaluate(step: int) -> None:
         pipe.unet, pipe.text_encoder = ema_unet.eval(), ema_text.eval()
         scores = evaluate_edits(pipe, views, watched, steps=10)
         log(
-            weight,
+            out,
             f"step {step}: " + ", ".join(f"{k} {v['psnr']:.2f}/{v['identity_psnr']:.2f}" for k, v in scores.items()),
         )
         pipe.save_pretrained(out / f"step{step}", safe_serialization=True)
@@ -137,7 +170,7 @@ def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) 
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1 - min(0.999, (1 + step) / (10 + step)))
         if step % 50 == 0:
-            log(weight, f"step {step} loss {loss.item():.4f} {step / (time.time() - start):.2f} step/s")
+            log(out, f"step {step} loss {loss.item():.4f} {step / (time.time() - start):.2f} step/s")
         if step % eval_every == 0:
             evaluate(step)
             unet.train()
@@ -145,10 +178,10 @@ def continue_pretraining(weight: float, steps: int, lr: float, eval_every: int) 
     return last
 
 
-def train_cartoonizers(weight: float, base: Path, seeds: list[int]) -> list[dict]:
+def train_cartoonizers(out: Path, base: Path, seeds: list[int]) -> list[dict]:
     """LoCA cartoonizers on ``base``, as ``bench.task_comparison cartoonizer`` trains and scores them."""
     tc.CARTOON_BASE = base.relative_to(ROOT)
-    tc.WORK = run_dir(weight) / "cartoonizer"
+    tc.WORK = out / "cartoonizer"
     task = dict(tc.TASKS["cartoonizer"])
     args = list(task["args"])
     args[args.index("--pretrained_model_name_or_path") + 1] = str(tc.CARTOON_BASE)
@@ -156,9 +189,9 @@ def train_cartoonizers(weight: float, base: Path, seeds: list[int]) -> list[dict
     return [tc.run_one(task, "loca", LOCA_LR, seed, [], f"loca-lr{LOCA_LR:g}-s{seed}") for seed in seeds]
 
 
-def base_alone(weight: float, base: Path) -> dict[str, float]:
+def base_alone(out: Path, base: Path) -> dict[str, float]:
     """The continued base given the cartoon instruction, no adapter (the issue's second bar is this + 2 dB)."""
-    path = run_dir(weight) / "base_alone.json"
+    path = out / "base_alone.json"
     if not path.is_file():
         pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(base, dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
@@ -180,36 +213,50 @@ def read_evaluations(log: Path) -> dict[int, dict[str, tuple[float, float]]]:
     return evals
 
 
+def run_label(name: str) -> tuple[str, bool]:
+    """The heading of run folder ``name`` (``part-w4``, ``part-w4-cartoon4``); and whether the cartoon was in it."""
+    m = RUN_NAME.fullmatch(name)
+    part, cartoon = float(m.group(1)), float(m.group(2) or 0)
+    if cartoon:
+        return f"Upper bound: the cartoon itself in the mix (weight {cartoon:g}, parts {part:g})", True
+    if part == 1:
+        return "Part weight 1 (the control: uniform mix)", False
+    return f"Part weight {part:g} (parts of a cartoon drawn {part:g}x as often)", False
+
+
 def report() -> None:
     """Write ``bench/results/part_continuation.{md,json}`` from every ``build/probe/part-w*`` run."""
     runs = {}
-    for d in sorted((ROOT / PROBE).glob("part-w*"), key=lambda d: -float(d.name.removeprefix("part-w"))):
-        weight = float(d.name.removeprefix("part-w"))
+    dirs = [d for d in (ROOT / PROBE).glob("part-w*") if RUN_NAME.fullmatch(d.name)]
+    for d in sorted(dirs, key=lambda d: (run_label(d.name)[1], -float(RUN_NAME.fullmatch(d.name).group(1)))):
         results = [json.loads(f.read_text()) for f in sorted((d / "cartoonizer").glob("*/all_results.json"))]
         alone = d / "base_alone.json"
-        runs[weight] = {
+        runs[d.name] = {
             "evaluations": read_evaluations(d / "run.log"),
             "cartoonizer": results,
             "base_alone": json.loads(alone.read_text()) if alone.is_file() else None,
         }
-    record = {"machine": machine_info(torch.device("cpu")), "runs": {f"{w:g}": r for w, r in runs.items()}}
+    record = {"machine": machine_info(torch.device("cpu")), "runs": runs}
     lines = [
         "# More practice on the parts of a cartoon: continued pretraining of the shipped base",
         "",
-        "Reproduce: `python -m bench.part_continuation --part_weight W` for W in 4 and 1, then `--report`.",
-        "Held-out photos, PSNR dB of the model's edit / of output = input (10 DDIM steps, guidance 2 / 1.5, seed 0);",
-        "the LoCA cartoonizer (lr 0.01, 150 steps) and the base alone on the continued base: the comparison's",
-        "settings and scoring (20 DDIM steps). Each continuation: 1,500 steps at batch 16, ~21 min on one thread.",
+        "Reproduce: `python -m bench.part_continuation --part_weight W` for W in 4 and 1 (and `--part_weight 4",
+        "--cartoon_weight 4 --seeds` for the upper bound), then `--report`.",
+        "Held-out photos, PSNR dB of the model's edit (its gain over output = input) at 10 DDIM steps, guidance",
+        "2 / 1.5, seed 0. The LoCA cartoonizer (lr 0.01, 150 steps) and the base alone on the continued base: the",
+        "comparison's settings and scoring (20 DDIM steps). Each continuation: 1,500 steps at batch 16, ~21 min on",
+        "one thread.",
         "",
     ]
-    for weight, run in runs.items():
+    for name, run in runs.items():
+        heading, with_cartoon = run_label(name)
         evals = run["evaluations"]
-        label = "the control: uniform mix" if weight == 1 else f"parts of a cartoon drawn {weight:g}x as often"
-        lines += [f"## Part weight {weight:g} ({label})", ""]
-        lines += ["| step | " + " | ".join(WATCHED) + " |", "|---" * (len(WATCHED) + 1) + "|"]
+        columns = [k for k in (*WATCHED, "cartoon") if any(k in scores for scores in evals.values())]
+        lines += [f"## {heading}", ""]
+        lines += ["| step | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for step, scores in sorted(evals.items()):
             cells = [
-                f"{scores[k][0]:.2f} ({scores[k][0] - scores[k][1]:+.2f})" if k in scores else "" for k in WATCHED
+                f"{scores[k][0]:.2f} ({scores[k][0] - scores[k][1]:+.2f})" if k in scores else "" for k in columns
             ]
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
         psnrs = [r["eval_psnr"] for r in run["cartoonizer"]]
@@ -226,13 +273,15 @@ def report() -> None:
             ]
         alone = run["base_alone"]
         if alone:
-            lines += [
-                "",
-                f"The continued base alone, cartoon instruction: PSNR {alone['psnr']:.2f}"
-                f" (DINOv2 {alone['dinov2']:.3f},"
-                f" ink F1 {alone['ink_f1']:.3f}). Bars: output = input + 2 = {alone['identity_psnr'] + 2:.2f},"
-                f" base + 2 = {alone['psnr'] + 2:.2f}.",
-            ]
+            scores = f"PSNR {alone['psnr']:.2f} (DINOv2 {alone['dinov2']:.3f}, ink F1 {alone['ink_f1']:.3f})"
+            if with_cartoon:  # this base learned the cartoon: what the UNet itself can do, not a bar
+                lines += ["", f"The continued base, trained on the cartoon, given the cartoon instruction: {scores}."]
+            else:
+                lines += [
+                    "",
+                    f"The continued base alone, cartoon instruction: {scores}. Bars: output = input + 2 ="
+                    f" {alone['identity_psnr'] + 2:.2f}, base + 2 = {alone['psnr'] + 2:.2f}.",
+                ]
         lines.append("")
     lines.append(machine_line(record["machine"]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -243,23 +292,26 @@ def report() -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part_weight", type=float, default=4.0, help="how much more often the parts are drawn")
+    p.add_argument(
+        "--cartoon_weight", type=float, default=0.0, help="> 0: the cartoon itself in the mix (the upper bound)"
+    )
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-4, help="after 100 warm-up steps, constant")
     p.add_argument("--eval_every", type=int, default=500)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1], help="LoCA cartoonizer seeds on the last step")
+    p.add_argument(
+        "--seeds", type=int, nargs="*", default=[1], help="LoCA cartoonizer seeds on the last step (none: `--seeds`)"
+    )
     p.add_argument("--report", action="store_true", help="only write bench/results/part_continuation.{md,json}")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.report:
         report()
         return
-    base = continue_pretraining(args.part_weight, args.steps, args.lr, args.eval_every)
-    for result in train_cartoonizers(args.part_weight, base, args.seeds):
-        log(args.part_weight, f"LoCA cartoonizer seed {result['seed']}: held-out PSNR {result['eval_psnr']:.2f} dB")
-    log(
-        args.part_weight,
-        f"base alone, cartoon instruction: held-out PSNR {base_alone(args.part_weight, base)['psnr']:.2f} dB",
-    )
+    out = run_dir(args.part_weight, args.cartoon_weight)
+    base = continue_pretraining(out, args.part_weight, args.cartoon_weight, args.steps, args.lr, args.eval_every)
+    for result in train_cartoonizers(out, base, args.seeds):
+        log(out, f"LoCA cartoonizer seed {result['seed']}: held-out PSNR {result['eval_psnr']:.2f} dB")
+    log(out, f"base alone, cartoon instruction: held-out PSNR {base_alone(out, base)['psnr']:.2f} dB")
 
 
 if __name__ == "__main__":
