@@ -12,8 +12,12 @@ the LoCA cartoonizer is trained on the continued base exactly as in ``bench/resu
     OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 1
     python -m bench.part_continuation --report     # -> bench/results/part_continuation.{md,json}
 
-Each run works in ``build/probe/part-w<weight>/`` (``run.log``, the continued bases ``step<N>/``, the adapters
-``cartoonizer/``; finished steps are not repeated). Needs ``build/embedded/cartoon_pairs`` (``make assets`` builds it).
+``--cartoon_weight W`` is the upper bound, never a base an adapter is trained on: the cartoon itself joins the mix
+(drawn ``W`` times as often), and the continued base is scored on it directly, no adapter.
+
+Each run works in ``build/probe/part-w<weight>[-cartoon<W>]/`` (``run.log``, the continued bases ``step<N>/``,
+the adapters ``cartoonizer/``; finished steps are not repeated). Needs ``build/embedded/cartoon_pairs`` (``make
+assets`` builds it).
 """
 
 from __future__ import annotations
@@ -22,38 +26,34 @@ import argparse
 import copy
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-import pretrain_tiny_pix2pix as pretrain  # noqa: E402
-
-from bench import task_comparison as tc  # noqa: E402
-from bench.machine import machine_info, machine_line  # noqa: E402
-from bench.report import write_markdown  # noqa: E402
-from bench.stats import mean_ci  # noqa: E402
-from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES  # noqa: E402
-from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
-from loca_diffusion.embedded.edits import (  # noqa: E402
+from bench import task_comparison as tc
+from bench.machine import machine_info, machine_line
+from bench.report import write_markdown
+from bench.stats import mean_ci
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES
+from loca_diffusion.embedded import BASE_DIR, RESOLUTION
+from loca_diffusion.embedded.edits import (
     CARTOON_INSTRUCTION,
     PART_EDITS,
     PRETRAINING_EDITS,
     Edit,
     cartoon_targets,
 )
-from loca_diffusion.embedded.evaluate import cartoon_scores, evaluate_edits, score_cartoonizer  # noqa: E402
-from loca_diffusion.embedded.metrics import DinoV2Similarity  # noqa: E402
-from loca_diffusion.embedded.models import build_scheduler  # noqa: E402
-from loca_diffusion.embedded.photos import RandomCrops, held_out_batch, require_photos  # noqa: E402
-from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
-from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
+from loca_diffusion.embedded.evaluate import cartoon_scores, evaluate_edits, score_cartoonizer
+from loca_diffusion.embedded.latent_bank import build_latent_bank
+from loca_diffusion.embedded.metrics import DinoV2Similarity
+from loca_diffusion.embedded.models import build_scheduler
+from loca_diffusion.embedded.photos import held_out_batch
+from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline
+from loca_diffusion.tiny_pix2pix import build_clip_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path("build") / "probe"  # relative to ROOT
 RESULTS = ROOT / "bench" / "results" / "part_continuation"
 # the parts, and three shipped edits whose 3 dB margin the extra steps must not eat
@@ -86,21 +86,6 @@ def edit_mix(part_weight: float, cartoon_weight: float = 0.0) -> tuple[tuple[Edi
     return edits, torch.tensor(weights)
 
 
-@torch.no_grad()
-def cartoon_latents(vae, bank: dict, seed: int) -> torch.Tensor:
-    """Latents of the cartoons of the bank's crops, replaying ``build_latent_bank``'s crops (checked on the inputs)."""
-    crops = RandomCrops(require_photos(held_out=False), RESOLUTION)
-    gen = torch.Generator().manual_seed(seed + 2)  # build_latent_bank's crop generator
-    n, out = bank["inputs"].shape[0], []
-    for i in range(0, n, 50):
-        x = crops.sample(min(50, n - i), gen)
-        replayed = vae.encode(x * 2 - 1).latent_dist.mean
-        if not torch.allclose(replayed, bank["inputs"][i : i + len(x)].float(), atol=2e-2):
-            raise RuntimeError("the replayed crops are not the latent bank's: rebuild the bank")
-        out.append(vae.encode(cartoon_targets(x) * 2 - 1).latent_dist.mean.half())
-    return torch.cat(out)
-
-
 def continue_pretraining(
     out: Path, part_weight: float, cartoon_weight: float, steps: int, lr: float, eval_every: int
 ) -> Path:
@@ -109,15 +94,13 @@ def continue_pretraining(
     if (last / "model_index.json").is_file():
         return last
     out.mkdir(parents=True, exist_ok=True)
-    pretrain.WORK = out  # the latent bank of the shipped VAE lives here, never in build/embedded
     pipe = StableDiffusionInstructPix2PixLoCAPipeline.from_pretrained(ROOT / BASE_DIR, dtype=torch.float32)
     pipe.text_encoder.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     vae, unet, text_encoder = pipe.vae.eval().requires_grad_(False), pipe.unet, pipe.text_encoder
-    bank = pretrain.build_latent_bank(vae, 1500, 0)
     edits, weights = edit_mix(part_weight, cartoon_weight)
-    if cartoon_weight:
-        bank["edited"] = torch.cat([bank["edited"], cartoon_latents(vae, bank, 0)[:, None]], 1)
+    # the UNet stage's bank (same crop count and seed), encoded by the shipped VAE, kept out of build/embedded
+    bank = build_latent_bank(vae, 1500, 0, out / "unet" / "bank.pt", edits)
     scaling = vae.config.scaling_factor  # the shipped UNet's latent scale, not the new bank's estimate
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)

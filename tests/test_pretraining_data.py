@@ -81,8 +81,10 @@ def test_no_pretraining_edit_is_the_cartoon(views):
 def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
     """The UNet stage's latent bank and the decoder stage's targets, built by the script's own code on
     known crops: every bank entry is the encoding of a pretraining edit, none is the cartoon's."""
+    from loca_diffusion.embedded import latent_bank
+
     script = _pretrain_script()
-    monkeypatch.setattr(script, "WORK", tmp_path)
+    assert script.build_latent_bank is latent_bank.build_latent_bank  # what the UNet stage trains on
 
     class FixedCrops:
         def __init__(self, *args, **kwargs):
@@ -91,11 +93,11 @@ def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
         def sample(self, batch_size, generator):
             return views[:batch_size]
 
-    monkeypatch.setattr(script, "RandomCrops", FixedCrops)
-    monkeypatch.setattr(script, "require_photos", lambda held_out: [])
+    monkeypatch.setattr(latent_bank, "RandomCrops", FixedCrops)
+    monkeypatch.setattr(latent_bank, "require_photos", lambda held_out: [])
     torch.manual_seed(0)
     vae = script.build_vae().eval().requires_grad_(False)
-    bank = script.build_latent_bank(vae, num_crops=len(views), seed=0)
+    bank = script.build_latent_bank(vae, num_crops=len(views), seed=0, path=tmp_path / "bank.pt")
     assert bank["edits"] == [e.name for e in PRETRAINING_EDITS]
 
     def encode(images):
@@ -111,3 +113,28 @@ def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
     targets = script.decoder_targets(views.repeat(8, 1, 1, 1), torch.Generator().manual_seed(0))
     cartoon_pixels = cartoon_targets(views).repeat(8, 1, 1, 1)
     assert all(psnr(o, t) < 30.0 for o, t in zip(targets, cartoon_pixels))
+
+
+def test_latent_banks_of_one_seed_share_their_crops_whatever_the_edits(tmp_path):
+    """The upper-bound probe (``bench.part_continuation --cartoon_weight``) adds the cartoon to the bank's
+    edits: its crops, and the encodings of the edits both banks hold, must be the pretraining bank's."""
+    from loca_diffusion.embedded.latent_bank import build_latent_bank
+    from loca_diffusion.embedded.models import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae().eval().requires_grad_(False)
+    cartoon = PRETRAINING_EDITS[0].__class__("cartoon", cartoon_targets, (CARTOON_INSTRUCTION,))
+    plain = build_latent_bank(vae, 3, seed=5, path=tmp_path / "a.pt", edits=PRETRAINING_EDITS[:2])
+    with_cartoon = build_latent_bank(vae, 3, seed=5, path=tmp_path / "b.pt", edits=(*PRETRAINING_EDITS[:2], cartoon))
+    assert with_cartoon["edits"] == [PRETRAINING_EDITS[0].name, PRETRAINING_EDITS[1].name, "cartoon"]
+    assert torch.allclose(plain["inputs"].float(), with_cartoon["inputs"].float(), atol=1e-2)
+    assert torch.allclose(plain["edited"].float(), with_cartoon["edited"][:, :2].float(), atol=1e-2)
+    other_seed = build_latent_bank(vae, 3, seed=6, path=tmp_path / "c.pt", edits=PRETRAINING_EDITS[:2])
+    assert not torch.allclose(plain["inputs"].float(), other_seed["inputs"].float(), atol=1e-2)
+    # cached: the file comes back while crop count and edits match (a marked copy proves it is not rebuilt)
+    torch.save({**plain, "scaling_factor": 123.0}, tmp_path / "a.pt")
+    assert (
+        build_latent_bank(vae, 3, seed=5, path=tmp_path / "a.pt", edits=PRETRAINING_EDITS[:2])["scaling_factor"] == 123
+    )
+    rebuilt = build_latent_bank(vae, 2, seed=5, path=tmp_path / "a.pt", edits=PRETRAINING_EDITS[:2])
+    assert rebuilt["inputs"].shape[0] == 2 and rebuilt["scaling_factor"] != 123

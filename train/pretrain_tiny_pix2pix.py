@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS  # noqa: E402
 from loca_diffusion.embedded.evaluate import CALL_DEFAULTS, evaluate_edits  # noqa: E402
+from loca_diffusion.embedded.latent_bank import build_latent_bank  # noqa: E402
 from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
     assemble_pipeline,
@@ -205,31 +206,6 @@ def train_vae(args, decoder_only: bool) -> None:
 
 
 @torch.no_grad()
-def build_latent_bank(vae, num_crops: int, seed: int) -> dict:
-    path = WORK / "unet" / "bank.pt"
-    if path.is_file():
-        bank = torch.load(path)
-        if bank["inputs"].shape[0] == num_crops and bank["edits"] == [e.name for e in PRETRAINING_EDITS]:
-            return bank
-    crops = RandomCrops(require_photos(held_out=False), RESOLUTION)
-    gen = torch.Generator().manual_seed(seed + 2)
-    inputs, edited = [], []
-    start = time.time()
-    for i in range(0, num_crops, 50):
-        x = crops.sample(min(50, num_crops - i), gen)
-        batch = torch.cat([x] + [e.apply(x) for e in PRETRAINING_EDITS])  # (1 + E) * b images
-        z = vae.encode(batch * 2 - 1).latent_dist.mean.half().unflatten(0, (1 + len(PRETRAINING_EDITS), len(x)))
-        inputs.append(z[0])
-        edited.append(z[1:].transpose(0, 1))
-        print(f"latent bank: {i + len(x)}/{num_crops} crops ({time.time() - start:.0f} s)", flush=True)
-    bank = {"inputs": torch.cat(inputs), "edited": torch.cat(edited), "edits": [e.name for e in PRETRAINING_EDITS]}
-    # scale the diffusion latents to unit variance, as SD's 0.18215 does for its VAE
-    bank["scaling_factor"] = float(1.0 / bank["edited"].float().std())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(bank, path)
-    return bank
-
-
 def frozen_vae(stage: str) -> torch.nn.Module:
     vae = build_vae()
     vae.load_state_dict(require_checkpoint(stage, "unet")["model"])
@@ -259,7 +235,7 @@ def train_unet(args) -> None:
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step = state["step"]
-    bank = build_latent_bank(vae, args.bank_crops, args.seed)
+    bank = build_latent_bank(vae, args.bank_crops, args.seed, WORK / "unet" / "bank.pt")
     scaling = bank["scaling_factor"]
     vae.register_to_config(scaling_factor=scaling)
     tokenizer = build_clip_tokenizer(WORK / "tokenizer")
