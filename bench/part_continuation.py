@@ -61,7 +61,11 @@ WATCHED = ("invert", "warm", "blur", "flat_colors", "black_outlines", "line_draw
 EVAL_LINE = re.compile(r"^step (\d+): (.*)$")
 RUN_NAME = re.compile(r"part-w([\d.]+)(?:-cartoon([\d.]+))?")
 # only in the upper-bound probe: what the UNet itself makes of the cartoon when it is a pretraining edit
-CARTOON_EDIT = Edit("cartoon", cartoon_targets, (CARTOON_INSTRUCTION, *CARTOONIZATION_PARAPHRASES))
+CARTOON_EDIT = Edit(
+    "cartoon",
+    cartoon_targets,
+    (CARTOON_INSTRUCTION, *(p for p in CARTOONIZATION_PARAPHRASES if p != CARTOON_INSTRUCTION)),
+)
 LOCA_LR = 0.01  # LoCA's lr in cartoonizer.md, chosen on training views on the shipped base
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench import part_continuation as bench
+from loca_diffusion.data.prompts import CARTOONIZATION_PARAPHRASES
 from loca_diffusion.embedded.edits import CARTOON_INSTRUCTION, PART_EDITS, PRETRAINING_EDITS, cartoon_targets
 
 
@@ -26,7 +27,9 @@ def test_parts_are_drawn_weight_times_as_often_and_the_cartoon_never(weight):
 def test_the_cartoon_enters_only_the_upper_bound_probe_and_under_its_own_folder():
     edits, weights = bench.edit_mix(4.0, cartoon_weight=2.0)
     assert edits[:-1] == PRETRAINING_EDITS and edits[-1].name == "cartoon" and weights[-1] == 2.0
-    assert edits[-1].instructions[0] == CARTOON_INSTRUCTION
+    instructions = edits[-1].instructions
+    assert instructions[0] == CARTOON_INSTRUCTION and len(set(instructions)) == len(instructions)
+    assert set(instructions) == {CARTOON_INSTRUCTION, *CARTOONIZATION_PARAPHRASES}
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.equal(edits[-1].apply(x), cartoon_targets(x))
     assert bench.run_dir(4.0).name == "part-w4" and bench.run_dir(4.0, 2.0).name == "part-w4-cartoon2"
