@@ -227,8 +227,8 @@ def report() -> None:
     lines = [
         "# More practice on the parts of a cartoon: continued pretraining of the shipped base",
         "",
-        "Reproduce: `python -m bench.part_continuation --part_weight W` for W in 4 and 1 (and `--part_weight 4",
-        "--cartoon_weight 4 --seeds` for the upper bound), then `--report`.",
+        "Reproduce: `python -m bench.part_continuation --part_weight W --seeds 1 2 3` for W in 4 and 1 (and",
+        "`--part_weight 4 --cartoon_weight 4 --seeds` for the upper bound), then `--report`.",
         "Held-out photos, PSNR dB of the model's edit (its gain over output = input) at 10 DDIM steps, guidance",
         "2 / 1.5, seed 0. The LoCA cartoonizer (lr 0.01, 150 steps) and the base alone on the continued base: the",
         "comparison's settings and scoring (20 DDIM steps). Each continuation: 1,500 steps at batch 16, ~21 min on",
