@@ -8,8 +8,8 @@ the parts of a cartoon (``PART_EDITS``) ``--part_weight`` times as often as each
 the LoCA cartoonizer is trained on the continued base exactly as in ``bench/results/cartoonizer.md`` (lr 0.01,
 ``--seeds``) and scored on the held-out photos::
 
-    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 4 &
-    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 1
+    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 4 --seeds 1 2 3 &
+    OMP_NUM_THREADS=1 python -m bench.part_continuation --part_weight 1 --seeds 1 2 3
     python -m bench.part_continuation --report     # -> bench/results/part_continuation.{md,json}
 
 ``--cartoon_weight W`` is the upper bound, never a base an adapter is trained on: the cartoon itself joins the mix
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bench import task_comparison as tc
 from bench.machine import machine_info, machine_line
@@ -46,10 +45,15 @@ from loca_diffusion.embedded.edits import (
     cartoon_targets,
 )
 from loca_diffusion.embedded.evaluate import cartoon_scores, evaluate_edits, score_cartoonizer
-from loca_diffusion.embedded.latent_bank import build_latent_bank
 from loca_diffusion.embedded.metrics import DinoV2Similarity
 from loca_diffusion.embedded.models import build_scheduler
 from loca_diffusion.embedded.photos import held_out_batch
+from loca_diffusion.embedded.pretraining import (
+    build_latent_bank,
+    instruction_tokens,
+    pretraining_batch,
+    pretraining_step,
+)
 from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer
 
@@ -112,11 +116,7 @@ def continue_pretraining(
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     tokenizer = build_clip_tokenizer(out / "tokenizer")
-    tokens = [
-        tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
-        for e in edits
-    ]
-    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    tokens, empty = instruction_tokens(tokenizer, edits)
     scheduler, gen = build_scheduler(), torch.Generator().manual_seed(1)
     n, views, p = bank["inputs"].shape[0], held_out_batch(RESOLUTION), 0.05
     watched = [e for e in edits if e.name in WATCHED or e is CARTOON_EDIT]
@@ -140,22 +140,10 @@ def continue_pretraining(
         b = 16
         idx = torch.randint(n, (b,), generator=gen)
         which = torch.multinomial(weights, b, replacement=True, generator=gen)
-        latents = bank["edited"][idx, which].float() * scaling
-        image_latents = bank["inputs"][idx].float()
-        ids = torch.stack([tokens[e][int(torch.randint(len(tokens[e]), (1,), generator=gen))] for e in which.tolist()])
-        u = torch.rand(b, generator=gen)  # the pretraining's conditioning dropout
-        ids[u < 2 * p] = empty
-        image_latents = image_latents * (1 - ((u >= p) & (u < 3 * p)).float()).view(b, 1, 1, 1)
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(1000, (b,), generator=gen)
-        noisy = torch.cat([scheduler.add_noise(latents, noise, t), image_latents], 1)
-        loss = F.mse_loss(unet(noisy, t, text_encoder(ids)[0]).sample, scheduler.get_velocity(latents, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - min(0.999, (1 + step) / (10 + step)))
+        batch = pretraining_batch(bank, idx, which, tokens, empty, scaling, scheduler, p, gen)
+        loss = pretraining_step(
+            unet, text_encoder, opt, params, ema_params, min(0.999, (1 + step) / (10 + step)), batch
+        )
         if step % 50 == 0:
             log(out, f"step {step} loss {loss.item():.4f} {step / (time.time() - start):.2f} step/s")
         if step % eval_every == 0:

@@ -81,10 +81,10 @@ def test_no_pretraining_edit_is_the_cartoon(views):
 def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
     """The UNet stage's latent bank and the decoder stage's targets, built by the script's own code on
     known crops: every bank entry is the encoding of a pretraining edit, none is the cartoon's."""
-    from loca_diffusion.embedded import latent_bank
+    from loca_diffusion.embedded import pretraining
 
     script = _pretrain_script()
-    assert script.build_latent_bank is latent_bank.build_latent_bank  # what the UNet stage trains on
+    assert script.build_latent_bank is pretraining.build_latent_bank  # what the UNet stage trains on
 
     class FixedCrops:
         def __init__(self, *args, **kwargs):
@@ -93,8 +93,8 @@ def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
         def sample(self, batch_size, generator):
             return views[:batch_size]
 
-    monkeypatch.setattr(latent_bank, "RandomCrops", FixedCrops)
-    monkeypatch.setattr(latent_bank, "require_photos", lambda held_out: [])
+    monkeypatch.setattr(pretraining, "RandomCrops", FixedCrops)
+    monkeypatch.setattr(pretraining, "require_photos", lambda held_out: [])
     torch.manual_seed(0)
     vae = script.build_vae().eval().requires_grad_(False)
     bank = script.build_latent_bank(vae, num_crops=len(views), seed=0, path=tmp_path / "bank.pt")
@@ -118,8 +118,8 @@ def test_pretraining_data_never_holds_the_cartoon(views, tmp_path, monkeypatch):
 def test_latent_banks_of_one_seed_share_their_crops_whatever_the_edits(tmp_path):
     """The upper-bound probe (``bench.part_continuation --cartoon_weight``) adds the cartoon to the bank's
     edits: its crops, and the encodings of the edits both banks hold, must be the pretraining bank's."""
-    from loca_diffusion.embedded.latent_bank import build_latent_bank
     from loca_diffusion.embedded.models import build_vae
+    from loca_diffusion.embedded.pretraining import build_latent_bank
 
     torch.manual_seed(0)
     vae = build_vae().eval().requires_grad_(False)

@@ -25,12 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from loca_diffusion.embedded import BASE_DIR, RESOLUTION  # noqa: E402
 from loca_diffusion.embedded.edits import PART_EDITS, PRETRAINING_EDITS  # noqa: E402
 from loca_diffusion.embedded.evaluate import CALL_DEFAULTS, evaluate_edits  # noqa: E402
-from loca_diffusion.embedded.latent_bank import build_latent_bank  # noqa: E402
 from loca_diffusion.embedded.metrics import psnr  # noqa: E402
 from loca_diffusion.embedded.models import (  # noqa: E402
     assemble_pipeline,
@@ -40,6 +38,12 @@ from loca_diffusion.embedded.models import (  # noqa: E402
     build_vae,
 )
 from loca_diffusion.embedded.photos import RandomCrops, held_out_batch, require_photos  # noqa: E402
+from loca_diffusion.embedded.pretraining import (  # noqa: E402
+    build_latent_bank,
+    instruction_tokens,
+    pretraining_batch,
+    pretraining_step,
+)
 from loca_diffusion.pipelines import StableDiffusionInstructPix2PixLoCAPipeline  # noqa: E402
 from loca_diffusion.tiny_pix2pix import build_clip_tokenizer  # noqa: E402
 
@@ -239,11 +243,7 @@ def train_unet(args) -> None:
     scaling = bank["scaling_factor"]
     vae.register_to_config(scaling_factor=scaling)
     tokenizer = build_clip_tokenizer(WORK / "tokenizer")
-    tokens = [
-        tokenizer(list(e.instructions), padding="max_length", max_length=77, return_tensors="pt").input_ids
-        for e in PRETRAINING_EDITS
-    ]
-    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    tokens, empty = instruction_tokens(tokenizer, PRETRAINING_EDITS)
     scheduler = build_scheduler()
     n, num_edits = bank["inputs"].shape[0], len(PRETRAINING_EDITS)
     views = held_out_batch(RESOLUTION)
@@ -257,28 +257,10 @@ def train_unet(args) -> None:
         b = args.batch_size
         idx = torch.randint(n, (b,), generator=gen)
         which = torch.randint(num_edits, (b,), generator=gen)
-        latents = bank["edited"][idx, which].float() * scaling
-        image_latents = bank["inputs"][idx].float()
-        ids = torch.stack([tokens[e][int(torch.randint(len(tokens[e]), (1,), generator=gen))] for e in which.tolist()])
-        # u < 2p: no text; p <= u < 3p: no image (the split of loca_diffusion.training.conditioning_dropout)
-        u = torch.rand(b, generator=gen)
-        ids[u < 2 * p] = empty
-        image_latents = image_latents * (1 - ((u >= p) & (u < 3 * p)).float()).view(b, 1, 1, 1)
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (b,), generator=gen)
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = scheduler.get_velocity(latents, noise, t)
-        hidden = text_encoder(ids)[0]
-        pred = unet(torch.cat([noisy, image_latents], dim=1), t, hidden).sample
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        batch = pretraining_batch(bank, idx, which, tokens, empty, scaling, scheduler, p, gen)
         step += 1
         decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        loss = pretraining_step(unet, text_encoder, opt, params, ema_params, decay, batch)
         if step % args.log_every == 0:
             rate = args.log_every / (time.time() - last)
             last = time.time()

@@ -2,7 +2,7 @@
 
 - :mod:`.photos`: the photo set (sources, licenses, fixed held-out split, random crops);
 - :mod:`.edits`: the base edits made in code, with instruction paraphrases;
-- :mod:`.latent_bank`: the UNet stage's training data (crops and their edits, encoded once);
+- :mod:`.pretraining`: the UNet stage's data (crops and their edits, encoded once), batches and step;
 - :mod:`.models`: the model configurations (VAE, UNet, text encoder, scheduler) and the pipeline builder;
 - :mod:`.metrics`: PSNR / SSIM on [0, 1] images;
 - :mod:`.pipeline`: loading the pipeline (and an adapter) from a folder, for the CLI, the app and the benches.
